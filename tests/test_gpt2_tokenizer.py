@@ -1,0 +1,162 @@
+"""gpt2_tokenizer: GPT-2's ids, lossless round trips, offline seeding from a registry, Hugging Face files."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import gpt2_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HELLO = "Hello, I'm a language model,"
+HELLO_IDS = [15496, 11, 314, 1101, 257, 3303, 2746, 11]
+TEXTS = [
+    HELLO,
+    "naïve café, façade, Ångström — déjà vu",
+    "東京は日本の首都です。中文测试，한국어",
+    "emoji 🤖🎉👩‍👩‍👧 and flags 🇫🇷",
+    "  leading, trailing and\t\ttabs   \n\n\n  newline runs   ",
+    "It's, I'd, they've, we'll, 2019's numbers 1234567 and code: x+=1;",
+]
+# an unreachable proxy: tiktoken's download fails at once everywhere, instead of waiting on DNS or a firewall
+NO_NETWORK = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+              "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+
+
+def run_tokenizer(*args, cache, **env):
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(cache), **env}
+    for name in ("DATA_GYM_CACHE_DIR", "NO_PROXY", "no_proxy"):  # a no-proxy list could bypass NO_NETWORK
+        env.pop(name, None)
+    return subprocess.run([sys.executable, os.path.join(ROOT, "gpt2_tokenizer.py"), *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def seed(source, cache):
+    result = run_tokenizer("--seed-cache", "--source", source, "--cache-dir", str(cache), cache=cache)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+# -----------------------------------------------------------------------------
+# the encoding
+
+def test_encodes_lecture_prompt_to_gpt2_ids(enc):
+    assert enc.encode(HELLO) == HELLO_IDS
+    assert enc.decode(HELLO_IDS) == HELLO
+
+
+def test_eot_is_50256_and_vocab_is_50257(enc):
+    assert enc.eot_token == gpt2_tokenizer.EOT == 50256
+    assert enc.n_vocab == gpt2_tokenizer.VOCAB_SIZE == 50257
+    assert enc.encode("<|endoftext|>", allowed_special="all") == [50256]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_decode_encode_round_trips_unicode(enc, text):
+    ids = enc.encode_ordinary(text)
+    assert enc.decode(ids) == text
+    assert all(0 <= t < 50257 for t in ids)
+
+
+def test_get_encoding_is_cached_once_per_process(enc):
+    assert gpt2_tokenizer.get_encoding() is enc
+
+
+# -----------------------------------------------------------------------------
+# offline: seeding an empty cache from a package registry
+
+def assert_cache_encodes_hello_offline(cache):
+    result = run_tokenizer(HELLO, cache=cache, **NO_NETWORK)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(HELLO_IDS)
+
+
+def test_seed_cache_from_pypi_whisper_sdist_works_offline(tmp_path):
+    cache = tmp_path / "tiktoken"  # does not exist yet: seeding creates it
+    result = seed("pypi", cache)
+    assert os.listdir(cache) == [os.path.basename(gpt2_tokenizer._cached(gpt2_tokenizer.R50K_FILE[0]))]
+    assert result.stdout.strip() == f"cached {cache / os.listdir(cache)[0]}"
+    assert_cache_encodes_hello_offline(cache)
+
+
+@pytest.fixture(scope="module")
+def npm_cache(tmp_path_factory):
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed")
+    cache = tmp_path_factory.mktemp("npm_tiktoken")
+    assert os.listdir(cache) == []
+    seed("npm", cache)
+    return cache
+
+
+def test_seed_cache_from_npm_gpt3_encoder_works_offline(npm_cache):
+    expected = sorted(hashlib.sha1(url.encode()).hexdigest() for url, _ in gpt2_tokenizer.GPT2_FILES.values())
+    assert sorted(os.listdir(npm_cache)) == expected
+    assert_cache_encodes_hello_offline(npm_cache)
+
+
+def test_unseeded_cache_without_network_says_what_to_run(tmp_path):
+    result = run_tokenizer("x", cache=tmp_path, **NO_NETWORK)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "python gpt2_tokenizer.py --seed-cache" in lines[0]
+    assert os.listdir(tmp_path) == []
+
+
+# -----------------------------------------------------------------------------
+# the same tokenizer as Hugging Face files
+
+@pytest.fixture(scope="module")
+def hf_tokenizer_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hf_tokenizer")
+    gpt2_tokenizer.write_hf_tokenizer_files(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_hf_tokenizer_files_encode_like_tiktoken(hf_tokenizer_dir, enc, text):
+    from transformers import GPT2TokenizerFast
+    tokenizer = GPT2TokenizerFast.from_pretrained(str(hf_tokenizer_dir))
+    assert tokenizer.encode(text) == enc.encode_ordinary(text)
+    assert tokenizer.decode(enc.encode_ordinary(text)) == text
+
+
+def test_hf_tokenizer_files_know_endoftext(hf_tokenizer_dir, enc):
+    from transformers import GPT2TokenizerFast
+    tokenizer = GPT2TokenizerFast.from_pretrained(str(hf_tokenizer_dir))
+    assert len(tokenizer) == 50257 and tokenizer.eos_token_id == 50256
+    text = "end of one document<|endoftext|>The next"
+    assert tokenizer.encode(text) == enc.encode(text, allowed_special={"<|endoftext|>"})
+
+
+@pytest.fixture
+def openai_files_dir(request):
+    # OpenAI's encoder.json and vocab.bpe: in the session's cache if it was seeded from npm, else seeded here
+    names = [os.path.basename(gpt2_tokenizer._cached(url)) for url, _ in gpt2_tokenizer.GPT2_FILES.values()]
+    if all(os.path.exists(os.path.join(gpt2_tokenizer.cache_dir(), name)) for name in names):
+        return gpt2_tokenizer.cache_dir()
+    return str(request.getfixturevalue("npm_cache"))
+
+
+def test_hf_tokenizer_files_equal_openai_encoder_json_and_vocab_bpe(hf_tokenizer_dir, openai_files_dir):
+    # the derived files are OpenAI's own, rebuilt from tiktoken's ranks alone
+    def cached(name):
+        url = gpt2_tokenizer.GPT2_FILES[name][0]
+        return os.path.join(openai_files_dir, os.path.basename(gpt2_tokenizer._cached(url)))
+    with open(cached("encoder.json"), encoding="utf-8") as f:
+        encoder = json.load(f)
+    with open(hf_tokenizer_dir / "vocab.json", encoding="utf-8") as f:
+        vocab = json.load(f)
+    assert len(vocab) == 50257
+    assert vocab == encoder
+    with open(cached("vocab.bpe"), encoding="utf-8") as f:
+        bpe_lines = f.read().splitlines()
+    with open(hf_tokenizer_dir / "merges.txt", encoding="utf-8") as f:
+        merges_lines = f.read().splitlines()
+    assert len(merges_lines) == 50001  # the version line + 50,000 merges
+    assert merges_lines == bpe_lines
