@@ -198,9 +198,15 @@ class GPT(nn.Module):
         """A model from an OpenAI name, a save_pretrained folder or a training checkpoint (.pt)."""
         if os.path.isfile(source):
             ckpt = load_checkpoint(source, map_location)
-            model = cls(GPTConfig(**ckpt["config"]))
-            model.load_state_dict(ckpt["model"])
+            try:
+                model = cls(GPTConfig(**ckpt["config"]))
+                model.load_state_dict(ckpt["model"])
+            except (TypeError, RuntimeError) as e:  # unknown config keys, weights of another shape
+                raise ValueError(f"{source} does not hold a model this code can build "
+                                 f"({str(e).strip().splitlines()[0]})") from e
             return model
+        if source.endswith((".pt", ".pth")):
+            raise ValueError(f"{source}: no such checkpoint file")
         return cls.from_pretrained(source)
 
     # -------------------------------------------------------------------------

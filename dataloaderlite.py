@@ -1,0 +1,166 @@
+"""
+DataLoaderLite: GPT-2 training batches read from the token shards that fineweb.py writes
+(edu_fineweb10B/edufineweb_{val|train}_NNNNNN.npy, 1-D uint16 arrays, val is shard 0).
+
+    from dataloaderlite import DataLoaderLite
+    loader = DataLoaderLite(B=64, T=1024, process_rank=ddp_rank, num_processes=ddp_world_size,
+                            split="train", device=device, verbose=master_process)
+    x, y = loader.next_batch()  # int64 (B, T) each, on `device`; y is x shifted by one token
+
+The token order is the lecture's: rank r reads B*T+1 tokens at offset r*B*T of the current step,
+a step moves B*T*num_processes tokens, and a shard that cannot hold another whole step hands over
+to the next one (after the last shard: shard 0 again, a new epoch). Extras that leave that order
+alone: a memory footprint of a few batches whatever the shard size, state_dict()/load_state_dict()
+for exact resumption, DataError on bad shards, and shuffle=True (off by default).
+"""
+
+import os
+import re
+
+import numpy as np
+import torch
+
+
+class DataError(ValueError):
+    """A problem with the shards or the loader's arguments that the user can fix; the message says how."""
+
+
+# -----------------------------------------------------------------------------
+# shards on disk
+
+def find_shards(data_root, split):
+    """The split's shard paths, sorted by name."""
+    # the exact name pattern (hidden files aside), so that temp files and the manifest are never read as shards
+    pattern = re.compile(rf"[^.].*_{re.escape(split)}_\d{{6}}\.npy")
+    names = sorted(n for n in os.listdir(data_root) if pattern.fullmatch(n)) if os.path.isdir(data_root) else []
+    if not names:
+        raise DataError(f"no shards for split {split!r} in {data_root}/ (files like edufineweb_{split}_000000.npy): "
+                        f"make them with `python fineweb.py` (or `python fineweb.py --files ...` for local text)")
+    return [os.path.join(data_root, name) for name in names]
+
+
+def read_header(path):
+    """(header size in bytes, number of tokens) of a shard, checked without reading its tokens."""
+    try:
+        # np.load(path, mmap_mode="r") for a .npy file, minus its fallbacks to .npz and pickle,
+        # whose errors would hide what is wrong with the file
+        tokens = np.lib.format.open_memmap(path, mode="r")
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path} cannot be loaded as a .npy array ({e}): it is truncated or not a shard; "
+                        f"delete it and run `python fineweb.py` again") from None
+    if tokens.dtype != np.uint16 or tokens.ndim != 1:
+        raise DataError(f"{path} is not a 1-D uint16 token array: dtype {tokens.dtype}, shape {tokens.shape}")
+    return tokens.offset, len(tokens)
+
+
+# -----------------------------------------------------------------------------
+# the loader
+
+class DataLoaderLite:
+
+    def __init__(self, B, T, process_rank, num_processes, split, data_root="edu_fineweb10B",
+                 shuffle=False, seed=1337, device="cpu", verbose=True):
+        if B <= 0 or T <= 0:
+            raise DataError(f"B and T must be positive, got B={B}, T={T}")
+        if not 0 <= process_rank < num_processes:
+            raise DataError(f"process_rank must be in 0..{num_processes - 1} for num_processes={num_processes}, "
+                            f"got {process_rank}")
+        if split not in ("train", "val"):
+            raise DataError(f"split must be 'train' or 'val', got {split!r}")
+        self.B, self.T = B, T
+        self.process_rank, self.num_processes = process_rank, num_processes
+        self.split, self.shuffle, self.seed = split, shuffle, seed
+        self.device = torch.device(device)
+        self.step_tokens = B * T * num_processes  # how far one step moves, all ranks together
+
+        self.shards = find_shards(data_root, split)
+        self.offsets, self.lengths = zip(*map(read_header, self.shards))
+        for path, n in zip(self.shards, self.lengths):
+            if n < self.step_tokens + 1:
+                raise DataError(f"{path} has {n:,} tokens, fewer than one step needs: B*T*num_processes+1 = "
+                                f"{B}*{T}*{num_processes}+1 = {self.step_tokens + 1:,}; use a smaller B or T")
+        if verbose:
+            print(f"found {len(self.shards)} shards for split {split}")
+        self.reset()
+
+    def reset(self):
+        self._enter(epoch=0, shard=0, window=0)
+
+    def _enter(self, epoch, shard, window):
+        """Stand before `window` (a step's index in the visit order) of the epoch's `shard`-th shard."""
+        self.epoch, self.shard, self.window = epoch, shard, window
+        self.current_shard = self._shard_order()[shard]  # index into self.shards
+        # step k of a shard starts at token k*step_tokens and needs step_tokens+1 tokens (the +1 is
+        # the last target), so a shard of n tokens holds (n-1)//step_tokens steps. This bound is the
+        # same on every rank, so all ranks move on at the same step; upstream added the rank's own
+        # offset to it, which moved the higher ranks on early and dropped tokens (build-nanogpt PR #109).
+        n_windows = (self.lengths[self.current_shard] - 1) // self.step_tokens
+        self.windows = self._window_order(self.current_shard, n_windows)
+
+    # Shuffling (build-nanogpt PR #52: a fixed order repeats the same loss pattern every epoch).
+    # The unit shuffled is one step's window of B*T*num_processes(+1) tokens, the span that the ranks
+    # split between them, so the ranks still partition each window exactly as without shuffling and a
+    # shuffled run with W ranks reads the same batches as one process with batch B*W. The orders are a
+    # pure function of (seed, epoch, shard), the same on every rank, with no generator state to save.
+
+    def _shard_order(self):
+        if not self.shuffle:
+            return list(range(len(self.shards)))
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.shards)).tolist()
+
+    def _window_order(self, shard, n_windows):
+        if not self.shuffle:
+            return range(n_windows)
+        return np.random.default_rng([self.seed, self.epoch, shard]).permutation(n_windows).tolist()
+
+    # -------------------------------------------------------------------------
+
+    def next_batch(self):
+        B, T = self.B, self.T
+        start = self.windows[self.window] * self.step_tokens + self.process_rank * B * T
+        # a read of just this slice, not a slice of a long-lived np.memmap: a memory map keeps every
+        # page it has touched in this process's RSS, up to the whole shard (200 MB for 100M tokens),
+        # while a read keeps RSS at a few batches (benchmarks/loader_memory_bench.py measures both)
+        path, offset = self.shards[self.current_shard], self.offsets[self.current_shard]
+        tokens = np.fromfile(path, dtype=np.uint16, count=B * T + 1, offset=offset + 2 * start)
+        buf = torch.from_numpy(tokens.astype(np.int64))
+        if self.device.type == "cuda":
+            # from pinned memory the copy runs asynchronously; torch's pinned-memory cache keeps this
+            # block until its copy has finished, so a fresh pin per batch is safe without a sync
+            buf = buf.pin_memory().to(self.device, non_blocking=True)
+        else:
+            buf = buf.to(self.device)
+        x = buf[:-1].view(B, T)  # inputs
+        y = buf[1:].view(B, T)  # targets
+        self.window += 1
+        if self.window == len(self.windows):  # this shard holds no further whole step: move on
+            last = self.shard == len(self.shards) - 1
+            self._enter(epoch=self.epoch + last, shard=0 if last else self.shard + 1, window=0)
+        return x, y
+
+    # -------------------------------------------------------------------------
+    # checkpointing: plain Python values, so torch.load(weights_only=True) reads them. The position
+    # is the same on every rank (rank r only adds r*B*T inside a step), so rank 0's state resumes all.
+
+    _SETTINGS = ("B", "T", "num_processes", "split", "shuffle", "seed")
+
+    def state_dict(self):
+        state = {key: getattr(self, key) for key in self._SETTINGS}
+        # epoch: passes completed; shard: index into the epoch's shard order; window: steps already read in it
+        state.update(epoch=self.epoch, shard=self.shard, window=self.window)
+        return state
+
+    def load_state_dict(self, state):
+        for key in self._SETTINGS:
+            if state.get(key) != getattr(self, key):
+                raise DataError(f"the loader state was saved with {key}={state.get(key)!r} but this loader has "
+                                f"{key}={getattr(self, key)!r}; resume with the settings of the saved run")
+        if not state["shard"] < len(self.shards):
+            raise DataError(f"the loader state points at shard {state['shard']} but {len(self.shards)} "
+                            f"{self.split} shards were found: the data folder changed since it was saved")
+        here = (self.epoch, self.shard, self.window)
+        self._enter(state["epoch"], state["shard"], state["window"])
+        if not self.window < len(self.windows):
+            self._enter(*here)
+            raise DataError(f"the loader state points at step {state['window']} of shard {state['shard']}, which "
+                            f"holds fewer steps: the data folder changed since it was saved")

@@ -1,0 +1,272 @@
+"""DataLoaderLite on real shards written to tmp_path: token order, ranks, resumption, shuffling, bad input."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from dataloaderlite import DataError, DataLoaderLite
+
+B, T = 2, 4
+# train shard lengths that are no multiple of any step span used below (8, 16, 32 tokens)
+LENGTHS = [100, 75, 131]
+
+
+def write_shards(folder, lengths=LENGTHS, split="train"):
+    """Shards of distinct tokens (shard i holds i*1000, i*1000+1, ...), so every token names its place."""
+    folder.mkdir(exist_ok=True)
+    shards = []
+    for i, n in enumerate(lengths):
+        tokens = (i * 1000 + np.arange(n)).astype(np.uint16)
+        np.save(folder / f"edufineweb_{split}_{i:06d}.npy", tokens)
+        shards.append(tokens)
+    return shards
+
+
+def loader(folder, B=B, T=T, rank=0, world=1, **kwargs):
+    return DataLoaderLite(B, T, rank, world, "train", data_root=str(folder), verbose=False, **kwargs)
+
+
+def stream(dl, steps):
+    return [dl.next_batch() for _ in range(steps)]
+
+
+def where_each_batch_comes_from(dl, steps):
+    """(epoch, visit in the epoch, shard file) of each of the next `steps` batches."""
+    out = []
+    for _ in range(steps):
+        out.append((dl.epoch, dl.shard, dl.current_shard))
+        dl.next_batch()
+    return out
+
+
+def lecture_order(shards, B, T, steps):
+    """The lecture's single-process order, written out: every whole B*T+1 window of each shard in turn."""
+    out = []
+    while len(out) < steps:
+        for tokens in shards:
+            out += [torch.from_numpy(tokens[s:s + B * T + 1].astype(np.int64))
+                    for s in range(0, len(tokens) - B * T, B * T)]
+    return out[:steps]
+
+
+def same(batches_a, batches_b):
+    return len(batches_a) == len(batches_b) and all(
+        torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(batches_a, batches_b))
+
+
+# -----------------------------------------------------------------------------
+# token order
+
+def test_single_process_reads_the_lecture_order_with_targets_shifted_by_one(tmp_path):
+    shards = write_shards(tmp_path)
+    dl = loader(tmp_path)
+    expected = lecture_order(shards, B, T, 70)  # 37 steps an epoch: two epochs, five shard changes
+    for (x, y), buf in zip(stream(dl, 70), expected):
+        assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape == (B, T)
+        assert torch.equal(x, buf[:-1].view(B, T)) and torch.equal(y, buf[1:].view(B, T))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_ranks_batches_together_are_the_single_process_stream_with_batch_B_times_world(tmp_path, world, shuffle):
+    shards = write_shards(tmp_path)
+    steps = 40  # at world 4, 9 steps an epoch: four epochs; at world 1, 37: three shard changes
+    single = stream(loader(tmp_path, B=B * world, shuffle=shuffle), steps)
+    if not shuffle:
+        assert same(single, [(b[:-1].view(B * world, T), b[1:].view(B * world, T))
+                             for b in lecture_order(shards, B * world, T, steps)])
+    ranks = [stream(loader(tmp_path, rank=r, world=world, shuffle=shuffle), steps) for r in range(world)]
+    together = [(torch.cat([ranks[r][i][0] for r in range(world)]), torch.cat([ranks[r][i][1] for r in range(world)]))
+                for i in range(steps)]
+    assert same(together, single)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_every_rank_moves_to_the_next_shard_at_the_same_step_and_uses_every_whole_step(tmp_path, shuffle):
+    write_shards(tmp_path)
+    world = 4  # a step is 32 tokens: shards of 100, 75, 131 tokens hold 3, 2 and 4 steps
+    read = [where_each_batch_comes_from(loader(tmp_path, rank=rank, world=world, shuffle=shuffle), 27)
+            for rank in range(world)]
+    assert all(steps == read[0] for steps in read)
+    # each shard visit lasts (n-1)//32 steps on rank 3 as on rank 0; upstream's bound, which adds
+    # rank 3's offset of 24 tokens, would take it off the 75-token shard after one step of two
+    visits = [(key, len(list(group))) for key, group in itertools.groupby(read[-1])]
+    assert [n for _, n in visits] == [(LENGTHS[shard] - 1) // 32 for (_, _, shard), _ in visits]
+    assert len(visits) == 9  # 27 steps: three epochs of three shards
+
+
+def test_reset_returns_to_the_first_batch(tmp_path):
+    write_shards(tmp_path)
+    dl = loader(tmp_path, rank=1, world=2)
+    first = stream(dl, 3)
+    stream(dl, 30)  # well past a shard change and into the next epoch
+    dl.reset()
+    assert same(stream(dl, 3), first)
+
+
+def test_verbose_prints_the_number_of_shards_found(tmp_path, capsys):
+    write_shards(tmp_path)
+    for not_a_shard in ("edufineweb_train_000003.npy.tmp", ".edufineweb_train_000003.npy", "manifest.json"):
+        (tmp_path / not_a_shard).write_bytes(b"half-written")
+    DataLoaderLite(B, T, 0, 1, "train", data_root=str(tmp_path))
+    loader(tmp_path)
+    assert capsys.readouterr().out == "found 3 shards for split train\n"
+
+
+# -----------------------------------------------------------------------------
+# resuming
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("stop", [3, 5, 6, 20], ids=["mid-shard", "before-shard-end", "at-shard-end", "next-epoch"])
+def test_resumed_loader_yields_the_batches_of_an_uninterrupted_one(tmp_path, stop, shuffle):
+    write_shards(tmp_path)
+    world = 2  # a step is 16 tokens: shard 0 holds 6 steps, shard 1 holds 4, an epoch 18
+    uninterrupted = stream(loader(tmp_path, rank=1, world=world, shuffle=shuffle), stop + 12)
+    first = loader(tmp_path, rank=1, world=world, shuffle=shuffle)
+    stream(first, stop)
+    torch.save(first.state_dict(), tmp_path / "ckpt.pt")
+    resumed = loader(tmp_path, rank=1, world=world, shuffle=shuffle)
+    resumed.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+    assert same(stream(resumed, 12), uninterrupted[stop:])
+
+
+def test_state_dict_holds_only_plain_python_values_and_is_the_same_on_every_rank(tmp_path):
+    write_shards(tmp_path)
+    states = []
+    for rank in range(4):
+        dl = loader(tmp_path, rank=rank, world=4, shuffle=True)
+        stream(dl, 11)
+        states.append(dl.state_dict())
+    assert all(type(v) in (int, str, bool) for v in states[0].values())
+    assert all(s == states[0] for s in states)
+    assert states[0] == dict(B=B, T=T, num_processes=4, split="train", shuffle=True, seed=1337,
+                             epoch=1, shard=0, window=2)  # 9 steps an epoch, then 2
+
+
+@pytest.mark.parametrize("key, change", [("B", dict(B=3)), ("T", dict(T=5)), ("num_processes", dict(world=1)),
+                                         ("shuffle", dict(shuffle=True)), ("seed", dict(seed=7))])
+def test_resuming_with_other_settings_is_refused_by_name(tmp_path, key, change):
+    write_shards(tmp_path)
+    state = loader(tmp_path, world=2).state_dict()
+    with pytest.raises(DataError, match=f"saved with {key}="):
+        loader(tmp_path, **{"world": 2, **change}).load_state_dict(state)
+
+
+def test_resuming_into_a_smaller_data_folder_is_refused(tmp_path):
+    write_shards(tmp_path)
+    dl = loader(tmp_path)
+    stream(dl, 30)  # into the third shard
+    state = dl.state_dict()
+    small = tmp_path / "small"
+    write_shards(small, LENGTHS[:2])
+    with pytest.raises(DataError, match="data folder changed"):
+        loader(small).load_state_dict(state)
+
+
+# -----------------------------------------------------------------------------
+# shuffling
+
+def epoch_of(dl):
+    """One epoch's batches as token tuples, and the order in which it visited the shards."""
+    start, batches, shards = dl.epoch, [], []
+    while dl.epoch == start:
+        if not shards or shards[-1] != dl.current_shard:
+            shards.append(dl.current_shard)
+        batches.append(tuple(dl.next_batch()[0].flatten().tolist()))
+    return batches, shards
+
+
+def test_shuffled_epochs_are_permutations_of_the_same_windows_and_differ_from_each_other(tmp_path):
+    write_shards(tmp_path)
+    plain, plain_shards = epoch_of(loader(tmp_path, rank=1, world=2))
+    dl = loader(tmp_path, rank=1, world=2, shuffle=True)
+    epochs = [epoch_of(dl) for _ in range(4)]
+    assert plain_shards == [0, 1, 2]
+    for batches, shards in epochs:
+        assert sorted(batches) == sorted(plain) and len(batches) == 18
+        assert sorted(shards) == [0, 1, 2]
+    assert all(batches != plain for batches, _ in epochs)
+    assert len({tuple(batches) for batches, _ in epochs}) == 4  # no two epochs alike
+    assert len({tuple(shards) for _, shards in epochs}) > 1  # the shard order changes too
+
+
+def test_shuffle_is_reproducible_from_the_seed_and_identical_on_every_rank(tmp_path):
+    write_shards(tmp_path)
+    runs = {seed: stream(loader(tmp_path, rank=1, world=2, shuffle=True, seed=seed), 40) for seed in (1337, 1338)}
+    assert same(stream(loader(tmp_path, rank=1, world=2, shuffle=True, seed=1337), 40), runs[1337])
+    assert not same(runs[1338], runs[1337])
+    # identical on every rank: rank 0 reads the B*T tokens just before rank 1's, in the same window
+    rank0 = stream(loader(tmp_path, rank=0, world=2, shuffle=True), 40)
+    assert all(torch.equal(x1.flatten()[0] - x0.flatten()[0], torch.tensor(B * T))
+               for (x0, _), (x1, _) in zip(rank0, runs[1337]))
+
+
+# -----------------------------------------------------------------------------
+# bad input
+
+def test_no_shards_names_the_folder_and_the_command_that_makes_them(tmp_path):
+    write_shards(tmp_path, split="val")  # val shards only
+    for folder in (tmp_path, tmp_path / "missing"):
+        with pytest.raises(DataError, match=rf"no shards for split 'train' in {folder}/.*python fineweb.py.*--files"):
+            loader(folder)
+
+
+def test_a_shard_shorter_than_one_step_is_named_with_its_size(tmp_path):
+    write_shards(tmp_path)
+    with pytest.raises(DataError, match=r"edufineweb_train_000001.npy has 75 tokens.*2\*4\*10\+1 = 81"):
+        loader(tmp_path, world=10)
+
+
+@pytest.mark.parametrize("array, described", [
+    (np.arange(100, dtype=np.int32), r"dtype int32, shape \(100,\)"),
+    (np.zeros((10, 10), dtype=np.uint16), r"dtype uint16, shape \(10, 10\)"),
+])
+def test_a_file_that_is_not_a_1d_uint16_array_is_named_with_its_dtype_and_shape(tmp_path, array, described):
+    write_shards(tmp_path)
+    np.save(tmp_path / "edufineweb_train_000001.npy", array)
+    with pytest.raises(DataError, match=rf"edufineweb_train_000001.npy is not a 1-D uint16 token array: {described}"):
+        loader(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "text"])
+def test_a_file_that_cannot_be_loaded_as_npy_is_named(tmp_path, damage):
+    write_shards(tmp_path)
+    path = tmp_path / "edufineweb_train_000002.npy"
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[:200], "empty": b"", "text": b"not a numpy file"}[damage])
+    with pytest.raises(DataError, match=r"edufineweb_train_000002.npy cannot be loaded as a .npy array.*truncated"):
+        loader(tmp_path)
+
+
+@pytest.mark.parametrize("args, message", [
+    (dict(B=0), "B and T must be positive"),
+    (dict(T=-1), "B and T must be positive"),
+    (dict(rank=2, world=2), "process_rank must be in 0..1"),
+    (dict(rank=-1, world=2), "process_rank must be in 0..1"),
+])
+def test_bad_arguments_are_refused_with_the_rule_they_break(tmp_path, args, message):
+    write_shards(tmp_path)
+    with pytest.raises(DataError, match=message):
+        loader(tmp_path, **args)
+
+
+def test_an_unknown_split_is_refused(tmp_path):
+    write_shards(tmp_path)
+    with pytest.raises(DataError, match="split must be 'train' or 'val', got 'test'"):
+        DataLoaderLite(B, T, 0, 1, "test", data_root=str(tmp_path))
+
+
+# -----------------------------------------------------------------------------
+# CUDA
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batches_equal_the_cpu_batches(tmp_path):
+    write_shards(tmp_path)
+    cpu = stream(loader(tmp_path, rank=1, world=2), 30)
+    dl, gpu, busy = loader(tmp_path, rank=1, world=2, device="cuda"), [], torch.randn(4096, 4096, device="cuda")
+    for _ in range(30):
+        busy @ busy  # queue work ahead of each copy, so the host pins the next batches while copies wait
+        gpu.append(dl.next_batch())
+    assert all(x.is_cuda and y.is_cuda for x, y in gpu)
+    assert same([(x.cpu(), y.cpu()) for x, y in gpu], cpu)
