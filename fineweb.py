@@ -1,0 +1,563 @@
+"""
+FineWeb-Edu -> GPT-2 tokens -> uint16 shards, the training data of GPT-2 (124M).
+
+Every document is tokenized with the GPT-2 tokenizer and preceded by <|endoftext|>, the
+tokens are concatenated, and the stream is cut into shards of 100M tokens saved with np.save
+as uint16 (50,257 < 2**16, so half the bytes of int32). Shard 0 is the validation split, the
+rest is train; the last shard holds whatever is left. The data loader globs the result.
+
+    python fineweb.py                          # FineWeb-Edu sample-10BT -> edu_fineweb10B/ (~100 shards)
+    python fineweb.py --remote-name sample-100BT --local-dir edu_fineweb100B --streaming
+    python fineweb.py --files 'books/*.txt' --local-dir my_shards --shard-size 1000000
+
+Output: LOCAL_DIR/edufineweb_val_000000.npy, edufineweb_train_000001.npy, ... and manifest.json
+(what was tokenized, and per shard its token and document counts). A run that is killed leaves
+only complete shards behind; run the same command again and it carries on where it stopped,
+ending with the same bytes as an uninterrupted run.
+"""
+
+import argparse
+import glob
+import json
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from collections import deque
+
+import numpy as np
+from tqdm import tqdm
+
+from gpt2_tokenizer import EOT, TokenizerUnavailable, get_encoding
+
+DEFAULT_DATASET, DEFAULT_REMOTE_NAME = "HuggingFaceFW/fineweb-edu", "sample-10BT"  # the lecture's 10B tokens
+PREFIX = "edufineweb"      # file names are PREFIX_{val|train}_{index:06d}.npy whatever the dataset
+MANIFEST = "manifest.json"
+TASK_CHARS = 1 << 20       # ~1 MB of text per worker task: a few hundred web documents, ~50 ms of work
+TASK_DOCS = 4096           # ...or this many documents, so that tiny documents still make tasks of bounded size
+READ_BATCH = 1024          # rows per Arrow batch read from the dataset
+FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def available_cpus():
+    """The cores this process may run on (a taskset or container can allow fewer than os.cpu_count())."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class FinewebError(Exception):
+    """A problem with the input or the arguments that the user can fix; main() prints it as one line."""
+
+
+# -----------------------------------------------------------------------------
+# tokenization (runs in the worker processes)
+
+def _init_worker():
+    # Ctrl-C reaches the whole process group; let only the parent handle it, so that an
+    # interrupted run prints one line instead of one KeyboardInterrupt traceback per worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def encode_ordinary(enc, text):
+    """enc.encode_ordinary(text) as a uint32 array, without building a Python list of ints on the way.
+
+    encode_to_numpy with no special tokens allowed and none disallowed is encode_ordinary: text that
+    happens to contain "<|endoftext|>" is tokenized as plain text, so EOT only ever appears as the
+    document separator and counting EOTs counts documents. Without the list, the worker code costs
+    ~1.2x less per token than the lecture's (benchmarks/README.md).
+    """
+    try:
+        return enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+    except UnicodeEncodeError:  # lone surrogates: encode_ordinary knows how to repair them, encode_to_numpy not
+        return np.array(enc.encode_ordinary(text), dtype=np.uint32)
+
+
+def tokenize_batch(texts):
+    """A list of documents -> one uint16 array: <|endoftext|> + encode_ordinary(doc) for each, in order."""
+    enc = get_encoding()  # cached per process; under spawn each worker loads it once
+    parts = []
+    for text in texts:
+        parts.append(_EOT)
+        parts.append(encode_ordinary(enc, text))
+    tokens = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint32)
+    if len(tokens) and tokens.max() >= 2**16:
+        raise ValueError(f"token id {tokens.max()} does not fit uint16")  # a bug, not a user error
+    return tokens.astype(np.uint16)
+
+
+_EOT = np.array([EOT], dtype=np.uint32)
+
+
+def _task_batches(documents, start=0):
+    """Groups documents into lists of ~TASK_CHARS characters."""
+    batch, chars = [], 0
+    for index, text in enumerate(documents, start):
+        if not isinstance(text, str):
+            raise FinewebError(f"document {index} is {type(text).__name__}, not text; "
+                               "point --text-column at a string column")
+        batch.append(text)
+        chars += len(text)
+        if chars >= TASK_CHARS or len(batch) >= TASK_DOCS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def tokenize_documents(documents, pool, window):
+    """Yields (number of documents, token array) for each batch of documents, in order, with at most
+    `window` tasks in flight.
+
+    Pool.imap keeps its workers busy whatever the parent does, and while the parent is slow (a big
+    shard being written, a slow disk) their results pile up in it without bound; a window of
+    apply_async never holds more than `window` batches of text or tokens.
+    """
+    pending = deque()
+    for batch in documents:
+        pending.append((len(batch), pool.apply_async(tokenize_batch, (batch,))))
+        if len(pending) >= window:
+            n, result = pending.popleft()
+            yield n, result.get()
+    while pending:
+        n, result = pending.popleft()
+        yield n, result.get()
+
+
+# -----------------------------------------------------------------------------
+# atomic files
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # Windows cannot open a directory; its renames are durable enough
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write):
+    """write(f) into path.tmp, fsync, rename over path: readers see the old file or the whole new one."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def shard_name(prefix, index):
+    return f"{prefix}_{'val' if index == 0 else 'train'}_{index:06d}.npy"
+
+
+# -----------------------------------------------------------------------------
+# shards and the manifest
+
+class ShardWriter:
+    """Cuts the token stream into shards, writes each atomically and records it in the manifest.
+
+    For every shard the manifest keeps where the stream stands after it (`resume_at`: the next token
+    is token `token` of document `document`, counting its <|endoftext|> as token 0), so that a rerun
+    skips the documents already done without tokenizing them and continues mid-document exactly
+    where the last complete shard ends.
+    """
+
+    def __init__(self, local_dir, shard_size, config, prefix=PREFIX):
+        self.local_dir, self.shard_size, self.config, self.prefix = local_dir, shard_size, config, prefix
+        self.manifest_path = os.path.join(local_dir, MANIFEST)
+        self.shards = []               # manifest entries of the complete shards, in order
+        self.docs_started = 0          # documents whose <|endoftext|> is in the stream so far
+        self.doc_tokens_written = 0    # tokens of the current (last started) document in the stream
+        self.text_tokens = 0           # tokens other than <|endoftext|>, to catch an input without text
+        self.skip = 0                  # tokens still to drop at the start of a resumed stream
+        self.buf = None
+        self.fill = 0
+        self.complete = False
+        self.manifest_written = False  # by this run: the first commit rewrites any earlier manifest first
+        self.crash_after = os.environ.get("FINEWEB_CRASH_AFTER_SHARDS")  # test hook, see _commit
+
+    # -- resuming
+
+    def load(self):
+        """Reads the manifest of an earlier run; returns the document to start from (0 if none)."""
+        if not os.path.exists(self.manifest_path):
+            strays = sorted(glob.glob(os.path.join(glob.escape(self.local_dir), f"{self.prefix}_*.npy")))
+            if strays:
+                raise FinewebError(f"{self.local_dir} already holds shards ({os.path.basename(strays[0])}, ...) but "
+                                   f"no {MANIFEST}, so they were not made by this script; pass another "
+                                   "--local-dir or delete them")
+            return 0
+        try:
+            with open(self.manifest_path) as f:
+                manifest = json.load(f)
+            old_config, shards = manifest["config"], manifest["shards"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise FinewebError(f"cannot read {self.manifest_path} ({e}); delete {self.local_dir} to start over")
+        if old_config != self.config and any(os.path.exists(os.path.join(self.local_dir, s["file"])) for s in shards):
+            short = lambda v: repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."  # noqa: E731
+            changed = [k for k in sorted(set(old_config) | set(self.config)) if old_config.get(k) != self.config.get(k)]
+            diff = ", ".join(f"{k}: {short(old_config.get(k))} -> {short(self.config.get(k))}" for k in changed)
+            raise FinewebError(f"{self.local_dir} holds shards made with other arguments ({diff}); "
+                               "pass another --local-dir, or delete it to start over")
+        # keep the longest prefix of shards that are still on disk with their recorded size
+        for shard in shards:
+            path = os.path.join(self.local_dir, shard["file"])
+            if not os.path.exists(path) or os.path.getsize(path) != shard["bytes"]:
+                break
+            self.shards.append(shard)
+        self.complete = manifest.get("complete", False) and len(self.shards) == len(shards)
+        if not self.shards:
+            return 0
+        doc, token = self.shards[-1]["resume_at"]["document"], self.shards[-1]["resume_at"]["token"]
+        self.docs_started, self.doc_tokens_written, self.skip = doc + 1, token, token
+        return doc
+
+    # -- writing
+
+    def add(self, tokens):
+        if self.skip:  # the head of the document the last complete shard ends in
+            n = min(self.skip, len(tokens))
+            tokens, self.skip = tokens[n:], self.skip - n
+        while len(tokens):
+            if self.buf is None:
+                self.buf = np.empty(self.shard_size, dtype=np.uint16)
+            piece = tokens[:self.shard_size - self.fill]
+            tokens = tokens[len(piece):]
+            self.buf[self.fill:self.fill + len(piece)] = piece
+            self.fill += len(piece)
+            starts = np.flatnonzero(piece == EOT)
+            self.text_tokens += len(piece) - len(starts)
+            if len(starts):
+                self.docs_started += len(starts)
+                self.doc_tokens_written = len(piece) - starts[-1]
+            else:
+                self.doc_tokens_written += len(piece)
+            if self.fill == self.shard_size:
+                self._commit()
+
+    def finish(self):
+        """Writes the last, partial shard and marks the manifest complete."""
+        if self.docs_started == 0:
+            raise FinewebError("the input has no documents")
+        if self.text_tokens == 0 and not self.shards:
+            raise FinewebError(f"the input's {self.docs_started} documents are all empty")
+        if self.fill:
+            self._commit()
+        self.complete = True
+        self._write_manifest()
+
+    def _commit(self):
+        index = len(self.shards)
+        name = shard_name(self.prefix, index)
+        path = os.path.join(self.local_dir, name)
+        tokens = self.buf[:self.fill]
+        os.makedirs(self.local_dir, exist_ok=True)
+        if self.crash_after is not None and index == int(self.crash_after):
+            # tests simulate a kill at the worst moment: in the middle of writing a shard
+            with open(path + ".tmp", "wb") as f:
+                np.save(f, tokens)
+                f.truncate(f.tell() // 2)
+            os._exit(137)
+        if not self.manifest_written:
+            # before the first shard of this run: shards on disk always come with the arguments that made
+            # them, and an earlier manifest's list is cut to the intact shards this run continues from
+            self._write_manifest()
+        atomic_write(path, lambda f: np.save(f, tokens))  # a file object: np.save would add .npy to a str path
+        self.shards.append(dict(
+            file=name, split="val" if index == 0 else "train", tokens=int(self.fill),
+            documents=int(np.count_nonzero(tokens == EOT)),  # documents that start in this shard
+            bytes=os.path.getsize(path),
+            resume_at=dict(document=int(self.docs_started - 1), token=int(self.doc_tokens_written)),
+        ))
+        self._write_manifest()
+        self.fill = 0
+
+    def _write_manifest(self):
+        manifest = dict(
+            config=self.config, complete=self.complete,
+            documents=sum(s["documents"] for s in self.shards), tokens=sum(s["tokens"] for s in self.shards),
+            shards=self.shards,
+        )
+        data = (json.dumps(manifest, indent=1) + "\n").encode()
+        atomic_write(self.manifest_path, lambda f: f.write(data))
+        self.manifest_written = True
+
+
+def write_shards(documents, local_dir, shard_size=10**8, num_proc=None, *, config=None, total_documents=None,
+                 start_method=None, prefix=PREFIX, progress=True):
+    """Tokenizes documents into LOCAL_DIR/PREFIX_{split}_{index:06d}.npy shards; returns a summary dict.
+
+    documents: an iterable of strings, or a function start -> iterable of the strings from document
+    `start` on (a resumed run then seeks instead of reading past what is done, and a finished one
+    never opens the input). total_documents: their number if known (or a function returning it,
+    called after documents), for the progress bar's ETA. config: what made the documents (dataset,
+    files, ...); a rerun resumes only into a folder whose manifest has the same config and refuses
+    otherwise, rather than mixing data.
+    """
+    if shard_size < 1:
+        raise FinewebError(f"the shard size must be at least 1 token (got {shard_size})")
+    num_proc = num_proc or available_cpus()
+    enc = get_encoding()  # fail here, in one process, if the tokenizer files are missing
+    assert enc.n_vocab <= 2**16, "uint16 shards need a vocabulary of at most 65,536 tokens"
+    config = dict(config or {}, tokenizer="gpt2", shard_size=shard_size, prefix=prefix)
+    writer = ShardWriter(local_dir, shard_size, config, prefix)
+    start = writer.load()
+    reused = len(writer.shards)
+    done_tokens = sum(s["tokens"] for s in writer.shards)
+    t0 = time.time()
+    if not writer.complete:
+        # the workers start before the input is opened: forking a process after pyarrow has started
+        # its reader threads is how fork-based pools deadlock, and the workers need none of it
+        with mp.get_context(start_method).Pool(num_proc, initializer=_init_worker) as pool:
+            texts = documents(start) if callable(documents) else _skip(documents, start)
+            total = total_documents() if callable(total_documents) else total_documents
+            docs_done = start
+            with tqdm(total=None, initial=done_tokens, unit="tok", unit_scale=True, dynamic_ncols=True,
+                      desc="tokens", disable=not progress) as bar:
+                # two tasks per worker in flight: one running and one queued, so no worker waits on the reader
+                for n, tokens in tokenize_documents(_task_batches(texts, start), pool, window=2 * num_proc):
+                    writer.add(tokens)
+                    bar.update(len(tokens))
+                    docs_done += n
+                    if total:  # the token total is not known in advance: extrapolate it from the documents
+                        bar.total = max(int(bar.n * total / docs_done), bar.n)
+                writer.finish()
+                bar.total = bar.n
+    seconds = time.time() - t0
+    tokens = sum(s["tokens"] for s in writer.shards)
+    return dict(documents=sum(s["documents"] for s in writer.shards), tokens=tokens, shards=len(writer.shards),
+                reused_shards=reused, new_tokens=tokens - done_tokens, seconds=seconds,
+                tokens_per_s=(tokens - done_tokens) / max(seconds, 1e-9),
+                files=[os.path.join(local_dir, s["file"]) for s in writer.shards])
+
+
+def _skip(documents, n):
+    it = iter(documents)
+    for _ in range(n):
+        next(it, None)
+    return it
+
+
+# -----------------------------------------------------------------------------
+# reading the input with HF datasets
+
+def resolve_files(patterns):
+    """Expands globs (sorted, so that the order of documents does not depend on the file system)."""
+    files = []
+    for pattern in patterns:
+        pattern = os.path.expanduser(pattern)
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        matches = [m for m in matches if not os.path.isdir(m)]
+        if not matches or not os.path.exists(matches[0]):
+            raise FinewebError(f"--files: no file matches {pattern}")
+        files += [os.path.abspath(m) for m in matches]
+    kinds = {FILE_BUILDERS.get(os.path.splitext(f)[1].lower()) for f in files}
+    if None in kinds:
+        odd = next(f for f in files if FILE_BUILDERS.get(os.path.splitext(f)[1].lower()) is None)
+        raise FinewebError(f"--files: cannot read {odd}: give .txt (one document per file), "
+                           ".jsonl/.json (one document per record) or .parquet files")
+    if len(kinds) > 1:
+        raise FinewebError(f"--files mixes {' and '.join(sorted(kinds))} files; tokenize one kind per run "
+                           "(or convert them to one)")
+    return files, kinds.pop()
+
+
+def load_documents(dataset, remote_name, files, text_column, streaming, cache_dir=None, num_proc=None):
+    """Opens the input as an HF (Iterable)Dataset; returns (dataset, number of documents or None)."""
+    import datasets  # imported here: it takes ~1 s, and workers never need it
+
+    try:
+        if files:
+            paths, builder = resolve_files(files)
+            kwargs = dict(sample_by="document") if builder == "text" else {}  # .txt: a file is a document
+            ds = datasets.load_dataset(builder, data_files=paths, split="train",
+                                       streaming=streaming, cache_dir=cache_dir, **kwargs)
+        elif os.path.isdir(dataset) and any(os.path.exists(os.path.join(dataset, f)) for f in
+                                            ("state.json", "dataset_dict.json")):
+            ds = datasets.load_from_disk(dataset)  # a folder written by Dataset.save_to_disk
+            if isinstance(ds, datasets.DatasetDict):
+                if "train" not in ds:
+                    raise FinewebError(f"{dataset} has no train split (it has {', '.join(ds)})")
+                ds = ds["train"]
+            if streaming:
+                ds = ds.to_iterable_dataset()
+        elif os.path.isdir(dataset):  # a local folder of data files
+            ds = datasets.load_dataset(dataset, name=remote_name, split="train", streaming=streaming,
+                                       cache_dir=cache_dir)
+        elif dataset.startswith(("/", "./", "../", "~")):  # meant as a path, not a hub id
+            raise FinewebError(f"--dataset: there is no folder {dataset}")
+        else:  # a hub id; its parquet files are converted to Arrow num_proc at a time
+            ds = datasets.load_dataset(dataset, name=remote_name, split="train", streaming=streaming,
+                                       cache_dir=cache_dir, **({} if streaming else dict(num_proc=num_proc)))
+    except FinewebError:
+        raise
+    except StopIteration:  # datasets' json builder on a file without records
+        raise FinewebError("the input has no documents")
+    except (datasets.exceptions.DatasetGenerationError, UnicodeDecodeError) as e:
+        raise explain_read_error(e, files)
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:  # ConnectionError, HTTP errors, bad names
+        what = f"{', '.join(files)}" if files else f"dataset {dataset!r}" + (f" ({remote_name})" if remote_name else "")
+        raise FinewebError(f"cannot load {what}: {_one_line(e)}"
+                           + ("" if files else "; without the Hugging Face hub, tokenize local files with --files"))
+
+    columns = ds.column_names
+    if columns is not None and text_column not in columns:
+        raise FinewebError(f"the input has no column {text_column!r} (it has {', '.join(columns)}); "
+                           "choose one with --text-column")
+    if columns is not None and len(columns) > 1:
+        ds = ds.select_columns([text_column])  # reading only the text column skips decoding urls, scores, ...
+    n = len(ds) if isinstance(ds, datasets.Dataset) else None
+    if n is None and ds.info.splits and "train" in ds.info.splits:
+        n = ds.info.splits["train"].num_examples or None
+    return ds, n
+
+
+def iter_texts(ds, text_column, files=(), start=0):
+    """The documents of ds from index start on, read in Arrow batches."""
+    import datasets
+
+    if start:
+        ds = ds.skip(start)
+    try:
+        for batch in ds.iter(batch_size=READ_BATCH):
+            if text_column not in batch:
+                raise FinewebError(f"the input has no column {text_column!r} (it has {', '.join(batch)}); "
+                                   "choose one with --text-column")
+            yield from batch[text_column]
+    except (UnicodeDecodeError, datasets.exceptions.DatasetGenerationError) as e:
+        raise explain_read_error(e, files)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError: a broken json/parquet file
+        raise FinewebError(f"cannot read the input: {_one_line(e)}")
+
+
+def explain_read_error(e, files):
+    cause = e if isinstance(e, UnicodeDecodeError) else (e.__cause__ or e)
+    if isinstance(cause, UnicodeDecodeError):
+        paths = resolve_files(files)[0] if files else []
+        for path in paths:  # datasets does not say which file it was reading: find it
+            with open(path, "rb") as f:
+                try:
+                    f.read().decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    return FinewebError(f"{path} is not UTF-8 text (byte 0x{bad.object[bad.start]:02x} at offset "
+                                        f"{bad.start}); re-encode it or leave it out")
+        return FinewebError(f"the input is not UTF-8 text ({cause.reason} at offset {cause.start})")
+    return FinewebError(f"cannot read the input: {_one_line(cause)}")
+
+
+def _one_line(e):
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) < 400 else text[:400] + " ..."
+
+
+# -----------------------------------------------------------------------------
+# command line
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = parser.add_argument_group("input (default: the FineWeb-Edu sample of the lecture)")
+    src.add_argument("--dataset", default=None,
+                     help="a Hugging Face dataset id, or a local folder that datasets.load_dataset or "
+                          f"load_from_disk reads (default: {DEFAULT_DATASET})")
+    src.add_argument("--remote-name", default=None,
+                     help="the dataset's subset (config name): sample-10BT, sample-100BT, sample-350BT, ... "
+                          f"(default: {DEFAULT_REMOTE_NAME} for {DEFAULT_DATASET}, none for other datasets)")
+    src.add_argument("--files", nargs="+", metavar="PATH",
+                     help="local files or globs instead of --dataset: .txt (one document per file, UTF-8, "
+                          "line ends read as \\n), .jsonl/.json (one document per record) or .parquet; read in "
+                          "the order given, each glob sorted")
+    src.add_argument("--text-column", default="text", help="the column that holds the documents (default: %(default)s)")
+    src.add_argument("--streaming", action="store_true",
+                     help="read the dataset as it downloads instead of first converting all of it into the "
+                          "HF cache (sample-10BT is ~28 GB of parquet)")
+    src.add_argument("--cache-dir", default=None,
+                     help="where datasets keeps downloads and Arrow files (default: $HF_DATASETS_CACHE or "
+                          "~/.cache/huggingface/datasets)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--local-dir", default="edu_fineweb10B",
+                     help="folder for the shards and manifest.json (default: %(default)s)")
+    out.add_argument("--shard-size", type=float, default=10**8,
+                     help="tokens per shard; 1e8 = 200 MB of uint16 (default: 1e8)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--num-proc", type=int, default=available_cpus(),
+                     help="tokenizer processes (default: all %(default)s cores; the parent only reads and writes)")
+    run.add_argument("--start-method", choices=["fork", "spawn", "forkserver"], default=None,
+                     help="multiprocessing start method (default: the platform's)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.files and (args.dataset or args.remote_name):
+        parser.error("--files reads local files: give it without --dataset and --remote-name")
+    if args.dataset is None:
+        args.dataset = DEFAULT_DATASET
+        args.remote_name = args.remote_name or DEFAULT_REMOTE_NAME
+    if args.shard_size != int(args.shard_size) or args.shard_size < 1:
+        parser.error(f"--shard-size must be a whole number of tokens >= 1 (got {args.shard_size:g})")
+    args.shard_size = int(args.shard_size)
+    if args.num_proc is not None and args.num_proc < 1:
+        parser.error(f"--num-proc must be at least 1 (got {args.num_proc})")
+    return args
+
+
+def source_config(args):
+    """What determines the token stream, recorded in the manifest: a rerun must match it to resume."""
+    if args.files:
+        files, _ = resolve_files(args.files)
+        # size and mtime: a file edited between runs must not be resumed into shards of its old text
+        return dict(dataset=None, remote_name=None, text_column=args.text_column,
+                    files=[dict(path=f, bytes=os.path.getsize(f), mtime_ns=os.stat(f).st_mtime_ns) for f in files])
+    dataset = os.path.abspath(args.dataset) if os.path.isdir(args.dataset) else args.dataset
+    return dict(dataset=dataset, remote_name=args.remote_name, text_column=args.text_column, files=None)
+
+
+def main(argv=None):
+    """The command line; returns write_shards' summary. User errors: one `error:` line on stderr, exit 1."""
+    args = parse_args(argv)
+    try:
+        config = source_config(args)
+        source = (f"{len(config['files'])} local file{'s' * (len(config['files']) > 1)}" if args.files else
+                  args.dataset + (f" ({args.remote_name})" if args.remote_name else ""))
+        print(f"fineweb: {source} -> {args.local_dir}/{PREFIX}_*.npy, {args.shard_size:,} tokens a shard, "
+              f"{args.num_proc} processes", flush=True)
+        opened = {}
+
+        def documents(start):  # opened only when shards are left to write
+            ds, opened["n"] = load_documents(args.dataset, args.remote_name, args.files, args.text_column,
+                                             args.streaming, args.cache_dir, args.num_proc)
+            return iter_texts(ds, args.text_column, args.files or (), start)
+
+        summary = write_shards(documents, args.local_dir, args.shard_size, args.num_proc, config=config,
+                               total_documents=lambda: opened["n"], start_method=args.start_method,
+                               progress=not args.quiet)
+    except (FinewebError, TokenizerUnavailable) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:  # a full disk, a folder we may not write to: the environment, not this code
+        print(f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("error: interrupted; run the same command again to carry on from the last complete shard",
+              file=sys.stderr)
+        sys.exit(130)
+    s = summary
+    shards = f"{s['shards']} shards ({min(s['shards'], 1)} val, {max(s['shards'] - 1, 0)} train"
+    if s["new_tokens"] == 0:
+        print(f"fineweb: nothing to do, {args.local_dir} already holds all {shards}): "
+              f"{s['documents']:,} documents, {s['tokens']:,} tokens")
+    else:
+        print(f"fineweb: {s['documents']:,} documents, {s['tokens']:,} tokens, {shards}"
+              + (f", {s['reused_shards']} kept from an earlier run" if s["reused_shards"] else "")
+              + f") in {s['seconds']:.1f} s, {s['tokens_per_s']:,.0f} tokens/s -> {args.local_dir}")
+    if s["shards"] == 1:
+        print("note: everything fit in the val shard; use a smaller --shard-size to get train shards")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""
+Plot a training run: log/log.txt -> a PNG of train/val loss and HellaSwag accuracy against step,
+with the lecture's reference lines (OpenAI's GPT-2 124M checkpoint and GPT-3 124M).
+
+    python plot_log.py                          # log/log.txt -> log/loss.png
+    python plot_log.py run2/log.txt -o run2.png
+"""
+
+import argparse
+import os
+import sys
+from collections import defaultdict
+
+# reference figures, cited from the lecture (not measured by this repo)
+REFERENCES = {
+    "val": [("OpenAI GPT-2 (124M) checkpoint", 3.2924)],  # its loss on FineWeb-Edu val (sample-10BT shard 0)
+    "hella": [("OpenAI GPT-2 (124M)", 0.2945), ("OpenAI GPT-3 (124M)", 0.337)],  # GPT-3 paper, table
+}
+
+
+def read_log(path):
+    """{"train": ([steps], [values]), "val": ..., "hella": ...} from `{step} {kind} {value}` lines."""
+    streams = defaultdict(dict)
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 3 and parts[0].isdigit():
+                streams[parts[1]][int(parts[0])] = float(parts[2])  # a resumed run's repeat wins
+    return {kind: (sorted(d), [d[s] for s in sorted(d)]) for kind, d in streams.items()}
+
+
+def plot(path, out, references=True):
+    import matplotlib
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    streams = read_log(path)
+    if "train" not in streams:
+        raise ValueError(f"{path} has no `{{step}} train {{loss}}` lines: is it a train_gpt2.py log?")
+    fig, axes = plt.subplots(1, 2 if "hella" in streams else 1, figsize=(14 if "hella" in streams else 8, 5),
+                             squeeze=False)
+    ax = axes[0][0]
+    steps, values = streams["train"]
+    ax.plot(steps, values, label=f"train loss (final {values[-1]:.4f})", lw=1)
+    if "val" in streams:
+        steps, values = streams["val"]
+        ax.plot(steps, values, "o-", label=f"val loss (final {values[-1]:.4f})")
+        if references:
+            for name, value in REFERENCES["val"]:
+                ax.axhline(value, color="r", ls="--", label=f"{name}: {value} (cited)")
+    ax.set(xlabel="step", ylabel="loss (nats/token)", title="loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    if "hella" in streams:
+        ax = axes[0][1]
+        steps, values = streams["hella"]
+        ax.plot(steps, values, "o-", label=f"this run (final {values[-1]:.4f})")
+        if references:
+            for (name, value), color in zip(REFERENCES["hella"], ("r", "g")):
+                ax.axhline(value, color=color, ls="--", label=f"{name}: {value} (cited)")
+        ax.axhline(0.25, color="gray", ls=":", label="chance: 0.25")
+        ax.set(xlabel="step", ylabel="accuracy (acc_norm)", title="HellaSwag")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("log", nargs="?", default="log/log.txt", help="a train_gpt2.py log.txt (default log/log.txt)")
+    parser.add_argument("-o", "--out", default=None, help="the PNG to write (default: loss.png beside the log)")
+    parser.add_argument("--no-references", action="store_true", help="leave out the cited reference lines")
+    args = parser.parse_args(argv)
+    out = args.out or os.path.join(os.path.dirname(args.log) or ".", "loss.png")
+    try:
+        print(f"wrote {plot(args.log, out, not args.no_references)}")
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

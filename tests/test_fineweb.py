@@ -1,0 +1,413 @@
+"""fineweb.py: local files -> shards, atomic and resumable, with clear errors. Real datasets, tiktoken and files."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fineweb
+from gpt2_tokenizer import EOT
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARD = 200  # tokens: the documents below make ~9 shards, with documents cut across shard boundaries
+
+DOCS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Caf\u00e9 cr\u00e8me, na\u00efve co\u00f6peration, \u65e5\u672c\u8a9e, emoji \U0001F600 and math \u2211 x\u00b2.",
+    "A document that mentions <|endoftext|> as text: it must not become a separator.",
+    "",  # an empty document still gets its <|endoftext|>, as in the lecture
+    "  leading spaces, tabs\tand\nnewlines\n\nand a blank line.\n",
+    " ".join(f"word{i}" for i in range(400)),  # ~1,000 tokens: spans several shards
+    "In the beginning was the word, and the word was tokenized.",
+] + [f"Short document number {i}, with a little text of its own." for i in range(40)]
+
+
+def expected_stream(enc, docs=DOCS):
+    return np.array([t for d in docs for t in [EOT] + enc.encode_ordinary(d)], dtype=np.uint16)
+
+
+def write_input(folder, kind, docs=DOCS, column="text"):
+    """The documents as .txt files (one per document), one .jsonl or one .parquet; returns the --files args."""
+    os.makedirs(folder, exist_ok=True)
+    if kind == "txt":
+        for i, doc in enumerate(docs):
+            with open(os.path.join(folder, f"doc_{i:03d}.txt"), "w", encoding="utf-8", newline="") as f:
+                f.write(doc)
+        return [os.path.join(folder, "doc_*.txt")]
+    if kind == "jsonl":
+        path = os.path.join(folder, "docs.jsonl")
+        with open(path, "w", encoding="utf-8") as f:
+            for i, doc in enumerate(docs):
+                f.write(json.dumps({"id": i, column: doc}) + "\n")
+        return [path]
+    if kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        path = os.path.join(folder, "docs.parquet")
+        pq.write_table(pa.table({"id": list(range(len(docs))), column: docs}), path, row_group_size=8)
+        return [path]
+    raise ValueError(kind)
+
+
+def shard_files(folder):
+    return sorted(glob.glob(os.path.join(folder, "edufineweb_*.npy")), key=lambda p: p.rsplit("_", 1)[-1])
+
+
+def read_shards(folder):
+    arrays = [np.load(p) for p in shard_files(folder)]
+    for a in arrays:
+        assert a.dtype == np.uint16 and a.ndim == 1
+    return np.concatenate(arrays)
+
+
+def run_inprocess(files, out, tmp_path, *extra):
+    return fineweb.main(["--files", *files, "--local-dir", str(out), "--shard-size", str(SHARD),
+                         "--cache-dir", str(tmp_path / "hf"), "--quiet", "--num-proc", "2", *extra])
+
+
+def run_cli(args, tmp_path, env=None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "hf"), **(env or {}))
+    return subprocess.run([sys.executable, os.path.join(ROOT, "fineweb.py"), "--quiet", *args], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def file_bytes(folder):
+    return {os.path.basename(p): open(p, "rb").read() for p in shard_files(folder)}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, enc):
+    """One uninterrupted run on the .jsonl input: the bytes every other run must reproduce."""
+    tmp = tmp_path_factory.mktemp("reference")
+    files = write_input(tmp / "in", "jsonl")
+    run_inprocess(files, tmp / "out", tmp)
+    return files, tmp / "out", file_bytes(tmp / "out")
+
+
+# -----------------------------------------------------------------------------
+# what the shards hold
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl", "parquet"])
+def test_local_files_become_shards_that_decode_back_to_each_document_in_order(tmp_path, enc, kind):
+    files = write_input(tmp_path / "in", kind)
+    summary = run_inprocess(files, tmp_path / "out", tmp_path)
+
+    want = expected_stream(enc)
+    names = [os.path.basename(p) for p in shard_files(tmp_path / "out")]
+    n = -(-len(want) // SHARD)
+    assert n >= 5 and summary["shards"] == n
+    assert names == ["edufineweb_val_000000.npy"] + [f"edufineweb_train_{i:06d}.npy" for i in range(1, n)]
+    sizes = [len(np.load(p)) for p in shard_files(tmp_path / "out")]
+    assert sizes == [SHARD] * (n - 1) + [len(want) - SHARD * (n - 1)]  # the last, partial shard is kept
+    got = read_shards(tmp_path / "out")
+    np.testing.assert_array_equal(got, want)
+    # every document comes back, preceded by exactly one <|endoftext|>, in the input's order
+    starts = np.flatnonzero(got == EOT)
+    assert len(starts) == len(DOCS) and starts[0] == 0
+    decoded = [enc.decode(got[a + 1:b].tolist()) for a, b in zip(starts, list(starts[1:]) + [len(got)])]
+    assert decoded == DOCS
+    assert summary["documents"] == len(DOCS) and summary["tokens"] == len(want)
+
+
+def test_streaming_writes_the_same_bytes_as_a_materialised_dataset(tmp_path, reference):
+    files, _, want = reference
+    run_inprocess(files, tmp_path / "out", tmp_path, "--streaming")
+    assert file_bytes(tmp_path / "out") == want
+
+
+def test_spawn_start_method_and_one_process_write_the_same_bytes(tmp_path, reference):
+    # the lecture's script re-runs its top level in every spawned worker; this one must not
+    files, _, want = reference
+    r = run_cli(["--files", *files, "--local-dir", "spawned", "--shard-size", str(SHARD),
+                 "--num-proc", "2", "--start-method", "spawn"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert file_bytes(tmp_path / "spawned") == want
+    run_inprocess(files, tmp_path / "single", tmp_path, "--num-proc", "1")
+    assert file_bytes(tmp_path / "single") == want
+
+
+def test_local_dataset_folders_from_save_to_disk_or_of_data_files_give_the_same_bytes(tmp_path, reference):
+    import datasets
+    files, _, want = reference
+    datasets.load_dataset("json", data_files=files, split="train", cache_dir=str(tmp_path / "hf")).save_to_disk(
+        str(tmp_path / "saved"))
+    write_input(tmp_path / "folder", "jsonl")
+    for folder in ["saved", "folder"]:
+        fineweb.main(["--dataset", str(tmp_path / folder), "--local-dir", str(tmp_path / f"out_{folder}"),
+                      "--shard-size", str(SHARD), "--cache-dir", str(tmp_path / "hf"), "--quiet"])
+        assert file_bytes(tmp_path / f"out_{folder}") == want
+
+
+def test_manifest_records_the_source_and_per_shard_counts_that_match_the_files(tmp_path, enc, reference):
+    files, out, _ = reference
+    manifest = json.load(open(out / "manifest.json"))
+    config = manifest["config"]
+    assert config["files"][0]["path"] == os.path.abspath(files[0]) and config["dataset"] is None
+    assert (config["text_column"], config["tokenizer"], config["shard_size"]) == ("text", "gpt2", SHARD)
+    assert manifest["complete"] is True
+    shards = manifest["shards"]
+    assert [s["file"] for s in shards] == [os.path.basename(p) for p in shard_files(out)]
+    for s in shards:
+        path = out / s["file"]
+        tokens = np.load(path)
+        assert s["tokens"] == len(tokens)
+        assert s["bytes"] == os.path.getsize(path) == 128 + 2 * len(tokens)  # np.save's 128-byte header
+        assert s["documents"] == np.count_nonzero(tokens == EOT)
+        assert s["split"] == ("val" if s is shards[0] else "train")
+    assert sum(s["tokens"] for s in shards) == manifest["tokens"] == len(expected_stream(enc))
+    assert sum(s["documents"] for s in shards) == manifest["documents"] == len(DOCS)
+
+
+def test_batch_tokenizer_equals_encode_ordinary_even_on_special_tokens_and_lone_surrogates(enc):
+    docs = DOCS + ["<|endoftext|><|endoftext|>", "<|fim_prefix|> <|endofprompt|>", "broken \ud800 surrogate", "\n" * 50]
+    got = fineweb.tokenize_batch(docs)
+    assert got.dtype == np.uint16
+    want = [t for d in docs for t in [EOT] + enc.encode_ordinary(d)]
+    assert got.tolist() == want
+    assert np.count_nonzero(got == EOT) == len(docs)
+
+
+def test_reader_stays_a_bounded_number_of_batches_ahead_of_the_writer():
+    import multiprocessing as mp
+    pulled = []
+
+    def batches():
+        for i in range(50):
+            pulled.append(i)
+            yield [f"document {i}"]
+
+    with mp.get_context("fork").Pool(2) as pool:
+        for k, (n, tokens) in enumerate(fineweb.tokenize_documents(batches(), pool, window=4)):
+            assert n == 1 and tokens[0] == EOT
+            assert len(pulled) <= k + 4  # memory is bounded by the window, not by the dataset
+    assert len(pulled) == 50
+
+
+def test_write_shards_takes_any_iterable_of_strings(tmp_path, enc):
+    summary = fineweb.write_shards(iter(DOCS), str(tmp_path / "out"), shard_size=SHARD, num_proc=2, progress=False)
+    np.testing.assert_array_equal(read_shards(tmp_path / "out"), expected_stream(enc))
+    assert summary["documents"] == len(DOCS)
+
+
+# -----------------------------------------------------------------------------
+# killed runs and reruns
+
+@pytest.mark.parametrize("crash_after", [1, 4])
+def test_rerun_after_a_kill_mid_shard_ends_byte_identical_to_an_uninterrupted_run(tmp_path, reference, crash_after):
+    files, _, want = reference
+    args = ["--files", *files, "--local-dir", "out", "--shard-size", str(SHARD), "--num-proc", "2"]
+    # the hook dies with os._exit in the middle of writing shard `crash_after`, as SIGKILL would
+    r = run_cli(args, tmp_path, env={"FINEWEB_CRASH_AFTER_SHARDS": str(crash_after)})
+    assert r.returncode == 137
+    out = tmp_path / "out"
+    assert len(shard_files(out)) == crash_after  # only complete shards under real names
+    assert os.path.exists(out / (fineweb.shard_name("edufineweb", crash_after) + ".tmp"))
+    assert json.load(open(out / "manifest.json"))["complete"] is False
+
+    r = run_cli(args, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"{crash_after} kept from an earlier run" in r.stdout
+    assert file_bytes(out) == want
+    assert not glob.glob(str(out / "*.tmp"))
+
+
+def interrupted(docs, stop):
+    """The documents from `start` on, then a Ctrl-C after document `stop`."""
+    def documents(start):
+        yield from docs[start:stop]
+        raise KeyboardInterrupt
+    return documents
+
+
+@pytest.fixture
+def one_document_per_task(monkeypatch):
+    # ~1 MB tasks would hold all of these documents at once; one a task lets shards land before a stop
+    monkeypatch.setattr(fineweb, "TASK_DOCS", 1)
+
+
+@pytest.mark.parametrize("stop", [3, 7, 8, 9, 20, 31, 46])
+def test_resume_after_ctrl_c_anywhere_continues_mid_document_exactly(tmp_path, enc, one_document_per_task, stop):
+    # DOCS[5] spans several shards, so some stops fall inside it and the rerun resumes mid-document
+    out = str(tmp_path / "out")
+    with pytest.raises(KeyboardInterrupt):
+        fineweb.write_shards(interrupted(DOCS, stop), out, shard_size=SHARD, num_proc=1, progress=False)
+    assert not glob.glob(os.path.join(out, "*.tmp"))
+    kept = len(shard_files(out))
+    # every full shard of what reached the writer: all but the <= 2 tasks in flight at the stop
+    full_shards = lambda docs: len(expected_stream(enc, docs)) // SHARD  # noqa: E731
+    assert full_shards(DOCS[:stop - 2]) <= kept <= full_shards(DOCS[:stop])
+    summary = fineweb.write_shards(lambda start: DOCS[start:], out, shard_size=SHARD, num_proc=1, progress=False)
+    assert summary["reused_shards"] == kept
+    np.testing.assert_array_equal(read_shards(out), expected_stream(enc))
+    assert summary["documents"] == len(DOCS)
+
+
+def test_resume_where_shards_end_exactly_at_document_ends(tmp_path, enc, one_document_per_task):
+    docs = ["hello" + " hello" * 98] * 9  # 99 tokens + <|endoftext|> = 100: two documents a shard, exactly
+    assert len(expected_stream(enc, docs)) == 900
+    out = str(tmp_path / "out")
+    with pytest.raises(KeyboardInterrupt):
+        fineweb.write_shards(interrupted(docs, 7), out, shard_size=SHARD, num_proc=1, progress=False)
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    assert [s["resume_at"] for s in manifest["shards"]] == [dict(document=d, token=100) for d in (1, 3, 5)]
+    fineweb.write_shards(lambda start: docs[start:], out, shard_size=SHARD, num_proc=1, progress=False)
+    np.testing.assert_array_equal(read_shards(out), expected_stream(enc, docs))
+    assert [len(np.load(p)) for p in shard_files(out)] == [200, 200, 200, 200, 100]
+
+
+@pytest.mark.slow
+def test_rerun_after_sigkill_matches_uninterrupted_run(tmp_path):
+    # a real SIGKILL of the whole process group (parent and workers) as soon as the first shard appears;
+    # ~150 shards of 200 tokens, each with its fsyncs, keep the run going long enough to be cut short
+    import signal
+    import time
+    files = write_input(tmp_path / "in", "jsonl", docs=DOCS * 15)
+    run_inprocess(files, tmp_path / "reference", tmp_path)
+    want = file_bytes(tmp_path / "reference")
+    out = tmp_path / "out"
+    args = [sys.executable, os.path.join(ROOT, "fineweb.py"), "--quiet", "--files", *files, "--local-dir", str(out),
+            "--shard-size", str(SHARD), "--num-proc", "2", "--cache-dir", str(tmp_path / "hf")]
+    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not shard_files(out) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.001)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not json.load(open(out / "manifest.json"))["complete"]
+    kept = shard_files(out)
+    assert 0 < len(kept) < len(want)
+    for path in kept:  # whatever was there at the kill is whole
+        assert open(path, "rb").read() == want[os.path.basename(path)]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert file_bytes(out) == want
+    assert not glob.glob(str(out / "*.tmp"))
+
+
+def test_rerun_of_a_finished_run_rewrites_nothing(tmp_path, reference):
+    files, _, want = reference
+    run_inprocess(files, tmp_path / "out", tmp_path)
+    before = {p: os.stat(p).st_mtime_ns for p in shard_files(tmp_path / "out")}
+    summary = run_inprocess(files, tmp_path / "out", tmp_path)
+    assert summary["reused_shards"] == summary["shards"] == len(want) and summary["new_tokens"] == 0
+    assert {p: os.stat(p).st_mtime_ns for p in shard_files(tmp_path / "out")} == before
+
+
+def test_a_damaged_shard_is_rewritten_from_where_the_intact_ones_end(tmp_path, reference):
+    files, _, want = reference
+    run_inprocess(files, tmp_path / "out", tmp_path)
+    victim = shard_files(tmp_path / "out")[3]
+    with open(victim, "r+b") as f:
+        f.truncate(100)
+    summary = run_inprocess(files, tmp_path / "out", tmp_path)
+    assert summary["reused_shards"] == 3
+    assert file_bytes(tmp_path / "out") == want
+
+
+def test_rerun_with_other_arguments_into_the_same_folder_refuses(tmp_path, reference, capsys):
+    files, _, want = reference
+    run_inprocess(files, tmp_path / "out", tmp_path)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        fineweb.main(["--files", *files, "--local-dir", str(tmp_path / "out"), "--shard-size", "300", "--quiet"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "other arguments" in err and "shard_size: 200 -> 300" in err
+    assert file_bytes(tmp_path / "out") == want
+
+
+# -----------------------------------------------------------------------------
+# bad input: one line, exit != 0, nothing written
+
+def assert_clean_failure(result_or_err, out, *needles):
+    if isinstance(result_or_err, subprocess.CompletedProcess):
+        assert result_or_err.returncode != 0
+        err = result_or_err.stderr
+    else:
+        err = result_or_err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    assert not glob.glob(os.path.join(out, "*.npy*")) and not os.path.exists(os.path.join(out, "manifest.json"))
+    return errors[0]
+
+
+def fail_inprocess(args, capsys):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        fineweb.main([*args, "--quiet"])
+    assert e.value.code == 1
+    return capsys.readouterr().err
+
+
+def test_unreachable_or_unknown_dataset_fails_with_a_hint_to_use_local_files(tmp_path, capsys):
+    # HF_HUB_OFFLINE=1 fails at once where a machine without network retries for ~20 s first
+    r = run_cli(["--dataset", "nobody/no-such-dataset", "--local-dir", "out"], tmp_path)
+    assert_clean_failure(r, str(tmp_path / "out"), "nobody/no-such-dataset", "--files")
+    err = fail_inprocess(["--dataset", str(tmp_path / "no_such_folder"), "--local-dir", str(tmp_path / "out")], capsys)
+    assert_clean_failure(err, str(tmp_path / "out"), "there is no folder")
+
+
+def test_missing_text_column_names_the_columns_that_exist(tmp_path, capsys):
+    files = write_input(tmp_path / "in", "jsonl", column="content")
+    err = fail_inprocess(["--files", *files, "--local-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "hf")],
+                         capsys)
+    assert_clean_failure(err, str(tmp_path / "out"), "'text'", "id, content", "--text-column")
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_invalid_utf8_text_file_is_named_in_the_error(tmp_path, streaming):
+    write_input(tmp_path / "in", "txt", docs=DOCS[:3])
+    with open(tmp_path / "in" / "doc_001.txt", "wb") as f:
+        f.write(b"valid start, then \xff\xfe not UTF-8")
+    r = run_cli(["--files", str(tmp_path / "in" / "*.txt"), "--local-dir", "out"]
+                + (["--streaming"] if streaming else []), tmp_path)
+    assert_clean_failure(r, str(tmp_path / "out"), "doc_001.txt", "not UTF-8", "0xff")
+
+
+@pytest.mark.parametrize("case", ["empty jsonl", "empty txt", "no match"])
+def test_empty_input_fails_without_writing_anything(tmp_path, capsys, case):
+    (tmp_path / "in").mkdir()
+    if case == "empty jsonl":
+        (tmp_path / "in" / "docs.jsonl").write_text("")
+        files, needle = [str(tmp_path / "in" / "docs.jsonl")], "no documents"
+    elif case == "empty txt":
+        (tmp_path / "in" / "a.txt").write_text("")
+        files, needle = [str(tmp_path / "in" / "a.txt")], "all empty"
+    else:
+        files, needle = [str(tmp_path / "in" / "*.parquet")], "no file matches"
+    err = fail_inprocess(["--files", *files, "--local-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "hf")],
+                         capsys)
+    assert_clean_failure(err, str(tmp_path / "out"), needle)
+
+
+def test_broken_json_foreign_shards_and_a_broken_manifest_fail_cleanly(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "docs.jsonl").write_text('{"text": "fine"}\n{"text": "no closing brace"\n')
+    # a subprocess: datasets logs the file name through a handler that pytest's capture would have closed
+    r = run_cli(["--files", str(tmp_path / "in" / "docs.jsonl"), "--local-dir", "out"], tmp_path)
+    assert_clean_failure(r, str(tmp_path / "out"), "cannot read", "JSON parse error")
+    # a folder with shards this script did not make (no manifest) is never written into
+    files = write_input(tmp_path / "in2", "jsonl")
+    (tmp_path / "lecture").mkdir()
+    np.save(tmp_path / "lecture" / "edufineweb_val_000000.npy", np.zeros(10, dtype=np.uint16))
+    err = fail_inprocess(["--files", *files, "--local-dir", str(tmp_path / "lecture")], capsys)
+    assert "no manifest.json" in err and "Traceback" not in err
+    assert os.listdir(tmp_path / "lecture") == ["edufineweb_val_000000.npy"]
+    # nor is a folder whose manifest is unreadable
+    (tmp_path / "lecture" / "manifest.json").write_text("{not json")
+    err = fail_inprocess(["--files", *files, "--local-dir", str(tmp_path / "lecture")], capsys)
+    assert err.startswith("error: cannot read") and "manifest.json" in err
+
+
+def test_help_lists_every_option():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "fineweb.py"), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    for flag in ["--remote-name", "--dataset", "--files", "--text-column", "--local-dir", "--shard-size",
+                 "--num-proc", "--streaming", "--start-method"]:
+        assert flag in r.stdout

@@ -1,0 +1,388 @@
+"""hellaswag.py: rendering, batched scoring against the one-example-at-a-time scheme, the rank split,
+the data file's resolution and download, and the command line. Examples are written here; the real
+val split is only used by the last test, when ../shared/data holds it."""
+import dataclasses
+import hashlib
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import hellaswag
+from gpt2_modules import GPT, GPTConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REAL_VAL = os.path.join(ROOT, "..", "shared", "data", "hellaswag_val.jsonl")
+
+# -----------------------------------------------------------------------------
+# examples in the real file's format
+
+ROOF = {"ind": 24, "activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.", "ctx_b": "he",
+        "ctx": "A man is sitting on a roof. he", "split": "val", "split_type": "indomain", "label": 3,
+        "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
+                    "is holding a rubik's cube.", "starts pulling up roofing on a roof."],
+        "source_id": "activitynet~v_-JhWjGDPHMY"}
+
+SUBJECTS = ["A woman", "The chef in a white apron", "Two boys", "A small brown dog", "The old fisherman",
+            "A girl wearing a helmet and knee pads"]
+SCENES = ["stands in a kitchen.", "is shown kneeling beside a river, holding a long wooden pole and a net.",
+          "walks onto a stage.", "sits at a desk covered in papers, pens, an old lamp and three empty cups of coffee."]
+ENDINGS = ["smiles.", "picks up a knife and begins chopping the onions into thin slices.",
+           "falls over.", "waves at the camera while the crowd behind claps and cheers loudly for a long time.",
+           "puts the net down.", "jumps.", "reads a letter aloud to the audience, then folds it and leaves the room.",
+           "drinks."]
+
+
+def written_examples(n=30):
+    """n examples of varied lengths (contexts of 4 to ~45 tokens, endings of 2 to ~20)."""
+    examples = []
+    for i in range(n):
+        subject, scene = SUBJECTS[i % len(SUBJECTS)], SCENES[(i * 7) % len(SCENES)]
+        ctx_a = f"{subject} {scene}" + (" " + SCENES[(i + 1) % len(SCENES)] if i % 3 == 0 else "")
+        ctx_b = "then, " + subject.lower() if i % 2 else "she"
+        endings = [ENDINGS[(i + 3 * k) % len(ENDINGS)] for k in range(4)]
+        examples.append({"ind": 1000 + i, "activity_label": "Written", "ctx_a": ctx_a, "ctx_b": ctx_b,
+                         "ctx": f"{ctx_a} {ctx_b}", "split": "val", "split_type": "indomain",
+                         "label": (i * 5) % 4, "endings": endings, "source_id": f"written~{i}"})
+    return examples
+
+
+def write_jsonl(path, examples):
+    with open(path, "w", encoding="utf-8") as f:
+        for ex in examples:
+            f.write(json.dumps(ex) + "\n")
+    return str(path)
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(block_size=128, vocab_size=50304, n_layer=2, n_head=2, n_embd=32))
+    # GPT-2's init makes every logit ~0, so all four endings score ~ln(50304) and the predictions
+    # would hinge on float noise; larger embeddings (tied to lm_head) spread the losses apart
+    torch.nn.init.normal_(model.transformer.wte.weight, std=0.5)
+    return model.eval()
+
+
+def reference_sum_losses(model, example, enc):
+    """The four endings' summed losses, each row on its own with no padding at all."""
+    ctx = enc.encode(example["ctx"])
+    out = []
+    for ending in example["endings"]:
+        end = enc.encode(" " + ending)
+        row = torch.tensor([ctx + end])
+        with torch.no_grad():
+            logits, _ = model(row)
+        out.append(F.cross_entropy(logits[0, len(ctx) - 1:-1], row[0, len(ctx):], reduction="sum").item())
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # these models are tiny: a second thread only adds waiting, ten times over on a busy 2-core machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -----------------------------------------------------------------------------
+# rendering
+
+def test_render_example_gives_context_plus_space_prefixed_endings_and_an_ending_mask(enc):
+    data, tokens, mask, label = hellaswag.render_example(ROOF)
+    ctx = [32, 582, 318, 5586, 319, 257, 9753, 13, 339]  # "A man is sitting on a roof. he"
+    assert enc.encode(ROOF["ctx"]) == ctx and enc.decode(ctx) == ROOF["ctx"]
+    assert data["ctx_tokens"] == ctx and label == data["label"] == 3
+    # the ending continues the sentence, so its first word carries the space: " is" = 318, " starts" = 4940
+    assert data["ending_tokens"][0][0] == 318 and data["ending_tokens"][3][0] == 4940
+    assert [len(t) for t in data["ending_tokens"]] == [11, 6, 8, 9]
+    assert tokens.dtype == mask.dtype == torch.long and tokens.shape == mask.shape == (4, 9 + 11)
+    for i, ending in enumerate(ROOF["endings"]):
+        end = enc.encode(" " + ending)
+        row = ctx + end
+        assert tokens[i, :len(row)].tolist() == row
+        assert tokens[i, len(row):].tolist() == [0] * (20 - len(row))  # right padding
+        assert mask[i].tolist() == [0] * 9 + [1] * len(end) + [0] * (20 - len(row))
+
+
+def test_render_example_cuts_the_context_from_the_left_when_a_row_exceeds_block_size(enc):
+    full_ctx = enc.encode(ROOF["ctx"])
+    data, tokens, mask, _ = hellaswag.render_example(ROOF, block_size=15)  # longest ending: 11 tokens
+    assert data["ctx_tokens"] == full_ctx[-4:]  # the start is dropped, the end kept
+    assert tokens.shape == (4, 15)
+    assert tokens[0].tolist() == full_ctx[-4:] + enc.encode(" " + ROOF["endings"][0])  # the ending whole
+    assert mask.sum(1).tolist() == [11, 6, 8, 9]
+    with pytest.raises(ValueError, match="does not fit block_size 11"):
+        hellaswag.render_example(ROOF, block_size=11)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"endings": ["a", "b", "c"]}, "4 non-empty strings"),
+    ({"label": 4}, "'label' must be 0, 1, 2 or 3"),
+    ({"label": "3"}, "'label' must be"),
+    ({"ctx": ""}, "'ctx' must be a non-empty string"),
+])
+def test_render_example_rejects_malformed_examples(change, message):
+    with pytest.raises(ValueError, match=message):
+        hellaswag.render_example({**ROOF, **change})
+
+
+# -----------------------------------------------------------------------------
+# scoring: batched == one at a time == each row alone
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time(model):
+    return hellaswag.score_examples(model, written_examples(), "cpu", batch_size=1, sort=False)
+
+
+def test_scores_equal_each_row_scored_alone_without_padding(model, one_at_a_time, enc):
+    examples = written_examples()
+    indices, labels, sum_loss, num_tokens = one_at_a_time
+    assert indices == list(range(30)) and labels.tolist() == [ex["label"] for ex in examples]
+    for i in (0, 7, 29):
+        torch.testing.assert_close(sum_loss[i], reference_sum_losses(model, examples[i], enc), rtol=0, atol=1e-4)
+        assert num_tokens[i].tolist() == [len(enc.encode(" " + e)) for e in examples[i]["endings"]]
+
+
+@pytest.mark.parametrize("batch_size", [3, 8, 64])
+def test_batched_scores_and_predictions_equal_the_one_at_a_time_scheme(model, one_at_a_time, batch_size):
+    indices, labels, sum_loss, num_tokens = one_at_a_time
+    avg = sum_loss / num_tokens
+    # the test means something only if no two endings are within float noise of each other
+    best2 = avg.topk(2, dim=1, largest=False).values
+    assert (best2[:, 1] - best2[:, 0]).min() > 1e-4
+    assert len(set(avg.argmin(1).tolist())) > 1  # not one constant prediction
+    b_indices, b_labels, b_sum_loss, b_num_tokens = hellaswag.score_examples(
+        model, written_examples(), "cpu", batch_size=batch_size)
+    assert b_indices == indices and torch.equal(b_labels, labels) and torch.equal(b_num_tokens, num_tokens)
+    torch.testing.assert_close(b_sum_loss / b_num_tokens, avg, rtol=0, atol=1e-5)
+    assert torch.equal((b_sum_loss / b_num_tokens).argmin(1), avg.argmin(1))
+    assert torch.equal(b_sum_loss.argmin(1), sum_loss.argmin(1))
+
+
+def expected_counts(one_at_a_time, n=30):
+    _, labels, sum_loss, num_tokens = one_at_a_time
+    labels, sum_loss, num_tokens = labels[:n], sum_loss[:n], num_tokens[:n]
+    return (int(((sum_loss / num_tokens).argmin(1) == labels).sum()), int((sum_loss.argmin(1) == labels).sum()), n)
+
+
+def test_evaluate_counts_the_argmin_of_average_and_summed_loss(model, one_at_a_time):
+    _, _, sum_loss, num_tokens = one_at_a_time
+    assert not torch.equal((sum_loss / num_tokens).argmin(1), sum_loss.argmin(1))  # the two criteria differ here
+    norm, plain, total = expected_counts(one_at_a_time)
+    assert 0 < norm < 30 and 0 < plain < 30
+    assert hellaswag.evaluate(model, written_examples(), "cpu", batch_size=8) == (norm, plain, total)
+
+
+def test_counts_over_three_ranks_sum_to_the_single_process_counts(model, one_at_a_time):
+    parts = [hellaswag.evaluate(model, written_examples(), "cpu", batch_size=4, rank=r, world_size=3)
+             for r in range(3)]
+    assert [p[2] for p in parts] == [10, 10, 10]
+    assert tuple(sum(p[k] for p in parts) for k in range(3)) == expected_counts(one_at_a_time)
+    indices = hellaswag.score_examples(model, written_examples(), "cpu", batch_size=4, rank=1, world_size=3)[0]
+    assert indices == list(range(1, 30, 3))
+
+
+def test_a_files_rendering_is_reused_until_the_file_changes(tmp_path, model, monkeypatch):
+    path = write_jsonl(tmp_path / "val.jsonl", written_examples(4))
+    monkeypatch.setenv("HELLASWAG_FILE", path)
+    first = hellaswag.evaluate(model, None, "cpu")  # None: the val split by data_file's rules
+    assert first[2] == 4
+    with monkeypatch.context() as m:
+        m.setattr(hellaswag, "render_example", lambda *a: pytest.fail("rendered the same file again"))
+        assert hellaswag.evaluate(model, path, "cpu") == first
+    write_jsonl(path, written_examples(6))
+    assert hellaswag.evaluate(model, path, "cpu")[2] == 6
+
+
+def test_format_accuracy_is_the_lectures_line():
+    assert hellaswag.format_accuracy(2523, 10042) == "HellaSwag accuracy: 2523/10042=0.2512"
+
+
+# -----------------------------------------------------------------------------
+# the data file: local, HELLASWAG_FILE, download
+
+def test_iterate_examples_reads_a_local_file_and_hellaswag_file(tmp_path, monkeypatch):
+    a = write_jsonl(tmp_path / "a.jsonl", written_examples(5))
+    b = write_jsonl(tmp_path / "b.jsonl", [ROOF])
+    monkeypatch.setenv("HELLASWAG_DIR", str(tmp_path / "cache"))  # never download here
+    assert [ex["ind"] for ex in hellaswag.iterate_examples(path=a)] == [1000, 1001, 1002, 1003, 1004]
+    monkeypatch.setenv("HELLASWAG_FILE", b)
+    assert list(hellaswag.iterate_examples("val")) == [ROOF]
+    assert len(list(hellaswag.iterate_examples("val", path=a))) == 5  # an explicit path wins
+    monkeypatch.setenv("HELLASWAG_FILE", str(tmp_path / "missing.jsonl"))
+    with pytest.raises(ValueError, match="HELLASWAG_FILE .*missing.jsonl does not exist"):
+        list(hellaswag.iterate_examples("val"))
+
+
+def test_iterate_examples_names_the_line_of_a_malformed_example(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(ROOF) + "\n\n" + '{"ctx": "x", "endings": ["a"' + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:3 is not valid JSON"):
+        list(hellaswag.iterate_examples(path=str(path)))
+    path.write_text(json.dumps({**ROOF, "label": 7}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1 is not a HellaSwag example: 'label'"):
+        list(hellaswag.iterate_examples(path=str(path)))
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_download_from_an_unreachable_url_fails_in_one_line_and_leaves_no_file(tmp_path):
+    url = f"http://127.0.0.1:{closed_port()}/hellaswag_val.jsonl"
+    with pytest.raises(ValueError) as e:
+        hellaswag.download("val", folder=str(tmp_path), url=url, progress=False)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"could not download {url}")
+    assert "HELLASWAG_FILE" in message and "--file" in message
+    assert os.listdir(tmp_path) == []
+
+
+class Server:
+    """A local HTTP server whose one file can be cut short, to download from without the internet."""
+
+    def __init__(self, body, send_bytes=None):
+        self.requests = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[:send_bytes])  # then the connection closes
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hellaswag_val.jsonl"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_download_writes_the_file_once_and_reuses_it(tmp_path):
+    body = "".join(json.dumps(ex) + "\n" for ex in written_examples(3)).encode()
+    server = Server(body)
+    try:
+        path = hellaswag.download("val", folder=str(tmp_path), url=server.url, progress=False)
+        assert path == str(tmp_path / "hellaswag_val.jsonl") and open(path, "rb").read() == body
+        assert hellaswag.download("val", folder=str(tmp_path), url=server.url, progress=False) == path
+        assert server.requests == 1 and os.listdir(tmp_path) == ["hellaswag_val.jsonl"]
+        with pytest.raises(ValueError, match="sha256"):  # a mirror that serves other bytes is not kept
+            hellaswag.download("val", folder=str(tmp_path / "other"), url=server.url, progress=False,
+                               sha256=hashlib.sha256(b"something else").hexdigest())
+        assert os.listdir(tmp_path / "other") == []
+    finally:
+        server.close()
+
+
+def test_download_cut_short_leaves_no_partial_file(tmp_path):
+    server = Server(b"x" * 10_000, send_bytes=1_000)
+    try:
+        with pytest.raises(ValueError, match="could not download .*HELLASWAG_FILE"):
+            hellaswag.download("val", folder=str(tmp_path), url=server.url, progress=False)
+        assert os.listdir(tmp_path) == []
+    finally:
+        server.close()
+
+
+# -----------------------------------------------------------------------------
+# the command line
+
+def test_cli_scores_a_training_checkpoint_on_a_local_file(tmp_path, model, one_at_a_time):
+    path = tmp_path / "model_00010.pt"
+    torch.save({"model": model.state_dict(), "config": dataclasses.asdict(model.config)}, path)
+    file = write_jsonl(tmp_path / "val.jsonl", written_examples())
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "hellaswag.py"), "--model", str(path),
+                             "--file", file, "--device", "cpu", "--batch-size", "4", "--limit", "25"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "HellaSwag val: 25 examples" in lines[1]
+    norm25, plain25, _ = expected_counts(one_at_a_time, 25)
+    assert lines[2].startswith(f"acc:      {plain25}/25={plain25 / 25:.4f}")
+    assert lines[3].startswith(f"acc_norm: {norm25}/25={norm25 / 25:.4f}")
+
+
+def run_cli_in_process(args):
+    with pytest.raises(SystemExit) as e:
+        hellaswag.main(args)
+    return str(e.value.code)
+
+
+@pytest.mark.parametrize("case", ["missing file", "malformed line", "missing model", "not a checkpoint",
+                                  "checkpoint of another shape", "empty file", "bad limit"])
+def test_cli_bad_inputs_give_one_error_line(tmp_path, model, case):
+    good_file = write_jsonl(tmp_path / "val.jsonl", written_examples(3))
+    good_ckpt = tmp_path / "good.pt"
+    torch.save({"model": model.state_dict(), "config": dataclasses.asdict(model.config)}, good_ckpt)
+    args = {"--model": str(good_ckpt), "--file": good_file, "--device": "cpu"}
+    if case == "missing file":
+        args["--file"] = str(tmp_path / "nope.jsonl")
+    elif case == "malformed line":
+        (tmp_path / "bad.jsonl").write_text(json.dumps(ROOF) + "\nnot json\n")
+        args["--file"] = str(tmp_path / "bad.jsonl")
+    elif case == "missing model":
+        args["--model"] = str(tmp_path / "missing.pt")
+    elif case == "not a checkpoint":
+        (tmp_path / "text.pt").write_text("hello")
+        args["--model"] = str(tmp_path / "text.pt")
+    elif case == "checkpoint of another shape":
+        config = {**dataclasses.asdict(model.config), "n_embd": 2 * model.config.n_embd}
+        torch.save({"model": model.state_dict(), "config": config}, tmp_path / "shape.pt")
+        args["--model"] = str(tmp_path / "shape.pt")
+    elif case == "empty file":
+        (tmp_path / "empty.jsonl").write_text("")
+        args["--file"] = str(tmp_path / "empty.jsonl")
+    elif case == "bad limit":
+        args["--limit"] = "0"
+    message = run_cli_in_process([x for kv in args.items() for x in kv])
+    assert message.startswith("error: ") and "\n" not in message
+
+
+def test_cli_error_exits_nonzero_without_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "hellaswag.py"), "--model", "gpt2",
+                             "--file", str(tmp_path / "nope.jsonl")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == f"error: HellaSwag file {tmp_path / 'nope.jsonl'} does not exist\n"
+
+
+# -----------------------------------------------------------------------------
+# the real validation split, when this machine has it
+
+@pytest.mark.skipif(not os.path.exists(REAL_VAL), reason="the real hellaswag_val.jsonl is not in ../shared/data")
+def test_real_val_split_renders(enc):
+    with open(REAL_VAL, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == hellaswag.SHA256["val"]
+    examples = list(hellaswag.iterate_examples(path=REAL_VAL))
+    assert len(examples) == 10042
+    assert sorted({ex["label"] for ex in examples}) == [0, 1, 2, 3]
+    for ex in examples[:100]:
+        data, tokens, mask, label = hellaswag.render_example(ex, enc, block_size=1024)
+        n_ctx = len(data["ctx_tokens"])
+        assert tokens.shape == mask.shape and tokens.size(0) == 4 and tokens.size(1) <= 1024
+        assert tokens.size(1) == n_ctx + max(len(t) for t in data["ending_tokens"])
+        assert mask[:, :n_ctx].sum() == 0
+        assert mask.sum(1).tolist() == [len(t) for t in data["ending_tokens"]]
+        assert label == ex["label"] in (0, 1, 2, 3)

@@ -1,0 +1,479 @@
+"""train_gpt2.py end to end: a tiny GPT on a tiny real-English corpus, run as the user runs it
+(python and torchrun with gloo on CPU): DDP and multi-node equivalence, exact resume after SIGKILL,
+the LR schedule, the lecture's console and log formats, learning, torch.compile and every bad input."""
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import train_gpt2
+from gpt2_modules import load_checkpoint
+from gpt2_tokenizer import EOT
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "train_gpt2.py")
+TIMEOUT = 600  # seconds for one run: generous, a shared 2-core CI box can be slow, a hang must not be silent
+
+# 0.1-0.3 s a step on a CPU: 3.3M parameters, almost all in the (padded GPT-2 vocab) x 64 embedding.
+# B*T = 128 tokens, 256 per step: 2 micro-steps in one process, 1 on each of 2 processes.
+TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "64", "--block-size", "64", "-B", "4", "-T", "32",
+        "--total-batch-size", "256", "--warmup-steps", "3", "--no-hellaswag", "--vocab-size", "50304"]
+# the run the resume, DDP, format and compile tests compare against: 12 steps, validation at
+# 0, 3, 6, 9 and 11, samples at 6 and 11, checkpoints after steps 4, 8 and 12
+REFERENCE = ["--max-steps", "12", "--eval-interval", "3", "--val-steps", "2", "--sample-interval", "6",
+             "--checkpoint-interval", "4", "--device", "cpu"]
+
+STEP_LINE = re.compile(r"^step +(\d+) \| loss: (\d+\.\d{6}) \| lr: (\d\.\d{4}e[-+]\d{2}) \| norm: (\d+\.\d{4}) \| "
+                       r"dt: \d+\.\d{2} \| tok/sec: \d+\.\d{2}$")
+
+
+# -----------------------------------------------------------------------------
+# a corpus and ways to run the script
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory, enc):
+    """Shards of real English (Python's help topics, ~140k tokens), each document after an EOT, as fineweb.py writes."""
+    from pydoc_data.topics import topics
+    tokens = []
+    for name in sorted(topics):
+        tokens.append(EOT)
+        tokens.extend(enc.encode_ordinary(topics[name]))
+    tokens = np.array(tokens, dtype=np.uint16)
+    folder = tmp_path_factory.mktemp("edu_fineweb_tiny")
+    n_val = len(tokens) // 10
+    np.save(folder / "edufineweb_val_000000.npy", tokens[:n_val])
+    for i, shard in enumerate(np.array_split(tokens[n_val:], 3)):
+        np.save(folder / f"edufineweb_train_{i:06d}.npy", shard)
+    return str(folder)
+
+
+def env_for_runs():
+    # one thread per process, as torchrun sets for several processes: two processes on two cores then
+    # don't fight over threads, and every run of a comparison reduces its floats in the same order
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def tiny(data_root, log_dir, *extra):
+    return [*TINY, "--data-root", data_root, "--log-dir", str(log_dir), *extra]
+
+
+def run_script(args, launcher=(), timeout=TIMEOUT):
+    """Run train_gpt2.py (under torchrun with `launcher` as its arguments); kill its process group on timeout."""
+    cmd = [sys.executable, *(["-m", "torch.distributed.run", *launcher] if launcher else []), SCRIPT, *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env_for_runs(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd)} ran past {timeout} s\n{out[-3000:]}\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def run_ok(args, launcher=()):
+    result = run_script(args, launcher)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log_lines(log_dir):
+    with open(os.path.join(log_dir, "log.txt")) as f:
+        return f.read().splitlines()
+
+
+def logged(log_dir, kind):
+    """{step: value} of log.txt's `{step} {kind} {value}` lines."""
+    return {int(s): float(v) for s, k, v in (line.split() for line in log_lines(log_dir)) if k == kind}
+
+
+def step_fields(stdout):
+    """{step: (loss, lr, norm)} as printed: the fields of a step line that a rerun must reproduce (not dt, tok/sec)."""
+    return {int(m[1]): m.groups()[1:] for m in map(STEP_LINE.match, stdout.splitlines()) if m}
+
+
+@pytest.fixture(scope="session")
+def reference(data_root, tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("reference_log")
+    result = run_ok(tiny(data_root, log_dir, *REFERENCE))
+    return result.stdout, str(log_dir)
+
+
+# -----------------------------------------------------------------------------
+# the learning-rate schedule
+
+
+def test_lr_warms_up_linearly_from_max_lr_over_warmup_steps():
+    assert train_gpt2.get_lr(0) == pytest.approx(6e-4 / 715, rel=1e-12)
+    assert train_gpt2.get_lr(356) == pytest.approx(6e-4 * 357 / 715, rel=1e-12)
+    assert train_gpt2.get_lr(714) == pytest.approx(6e-4, rel=1e-12)  # the last warmup step reaches the peak
+
+
+def test_lr_decays_on_a_cosine_to_min_lr_at_max_steps():
+    max_lr, min_lr, warmup, max_steps = 6e-4, 6e-5, 715, 19073
+    assert train_gpt2.get_lr(warmup) == pytest.approx(max_lr, rel=1e-12)  # cos(0) = 1
+    middle = (warmup + max_steps) // 2  # 9894: decay ratio exactly 1/2
+    assert train_gpt2.get_lr(middle) == pytest.approx((max_lr + min_lr) / 2, rel=1e-12)
+    quarter = warmup + (max_steps - warmup) // 4  # 5304 = 715 + 4589.5 - 0.5
+    ratio = (quarter - warmup) / (max_steps - warmup)
+    expected = min_lr + 0.5 * (1 + math.cos(math.pi * ratio)) * (max_lr - min_lr)
+    assert train_gpt2.get_lr(quarter) == pytest.approx(expected, rel=1e-12)
+    assert 0.86 * max_lr < expected < 0.87 * max_lr  # a quarter into the decay: (1 + cos(pi/4)) / 2 of the way up
+    # the last step trains a hair above the floor: ratio (max_steps-1-warmup)/(max_steps-warmup)
+    last = train_gpt2.get_lr(max_steps - 1)
+    assert last == pytest.approx(min_lr + 0.5 * (1 + math.cos(math.pi * 18357 / 18358)) * (max_lr - min_lr), rel=1e-12)
+    assert min_lr < last < min_lr * (1 + 1e-7)
+
+
+def test_lr_stays_at_min_lr_from_max_steps_on():
+    for step in (19073, 19074, 30000):
+        assert train_gpt2.get_lr(step) == pytest.approx(6e-5, rel=1e-12)
+
+
+def test_lr_schedule_uses_the_arguments_it_is_given():
+    # the tiny runs below: warmup 3, 12 steps
+    assert [round(train_gpt2.get_lr(s, 6e-4, 6e-5, 3, 12), 10) for s in (0, 1, 2, 3)] == [2e-4, 4e-4, 6e-4, 6e-4]
+    assert train_gpt2.get_lr(7.5, 6e-4, 6e-5, 3, 12) == pytest.approx(3.3e-4, rel=1e-12)  # the middle of 3..12
+    assert train_gpt2.get_lr(12, 6e-4, 6e-5, 3, 12) == pytest.approx(6e-5, rel=1e-12)
+
+
+# -----------------------------------------------------------------------------
+# console and log formats (the lecture's; the notebook and the plot parse them)
+
+
+def test_format_step_reproduces_the_lectures_step_line():
+    line = train_gpt2.format_step(0, 10.955009, 1.2e-05, 15.9685, 12701.84, 41276.54)
+    assert line == "step    0 | loss: 10.955009 | lr: 1.2000e-05 | norm: 15.9685 | dt: 12701.84 | tok/sec: 41276.54"
+    assert STEP_LINE.match(line)
+    line = train_gpt2.format_step(19072, 3.0712, 6e-5, 0.25, 330.1, 1588123.456)
+    assert line.startswith("step 19072 | loss: 3.071200 | lr: 6.0000e-05 | norm: 0.2500 |")
+
+
+def test_console_prints_the_lectures_lines(reference):
+    stdout, _ = reference
+    lines = stdout.splitlines()
+    assert "total desired batch size: 256" in lines
+    assert "=> calculated gradient accumulation steps: 2" in lines  # 256 / (4 * 32 * 1 process)
+    assert "found 3 shards for split train" in lines
+    assert "found 1 shards for split val" in lines
+    # the three optimizer lines: 2 blocks x 4 matmuls + wte(=lm_head) + wpe decay; biases and LayerNorms don't
+    assert "num decayed parameter tensors: 10, with 3,321,856 parameters" in lines
+    assert "num non-decayed parameter tensors: 18, with 1,792 parameters" in lines
+    assert "using fused AdamW: False" in lines  # fused AdamW is CUDA's
+    steps = [line for line in lines if line.startswith("step ")]
+    assert len(steps) == 12 and all(STEP_LINE.match(line) for line in steps), steps
+    assert [int(STEP_LINE.match(line)[1]) for line in steps] == list(range(12))
+    vals = [line for line in lines if line.startswith("Validation loss")]
+    assert len(vals) == 5 and all(re.fullmatch(r"Validation loss \d+\.\d{4}", line) for line in vals), vals
+    # samples (4 per sampling, at steps 6 and 11; never at step 0); a sample's text may hold newlines
+    samples = re.findall(r"^rank (\d+) sample(\d+): Hello, I'm a language model,", stdout, flags=re.M)
+    assert samples == [("0", str(i)) for i in range(4)] * 2
+    assert stdout.index("rank 0 sample0") > stdout.index("step    5 |")
+
+
+def test_log_txt_has_train_and_val_lines_in_the_plotting_format(reference):
+    _, log_dir = reference
+    lines = log_lines(log_dir)
+    assert all(re.fullmatch(r"\d+ train \d+\.\d{6}|\d+ val \d+\.\d{4}", line) for line in lines), lines
+    assert sorted(logged(log_dir, "train")) == list(range(12))
+    assert sorted(logged(log_dir, "val")) == [0, 3, 6, 9, 11]
+    # the lecture's order within a step: validation first, then the step's training loss
+    assert lines[0].startswith("0 val ") and lines[1].startswith("0 train ") and lines[2].startswith("1 train ")
+    # the losses printed on the console are the ones logged
+    stdout, _ = reference
+    assert {s: f[0] for s, f in step_fields(stdout).items()} == \
+           {int(s): v for s, k, v in (line.split() for line in lines) if k == "train"}
+
+
+def test_checkpoints_hold_every_stateful_piece_as_plain_data(reference):
+    _, log_dir = reference
+    assert sorted(os.listdir(log_dir)) == ["log.txt", "model_00004.pt", "model_00008.pt", "model_00012.pt"]
+    ckpt = load_checkpoint(os.path.join(log_dir, "model_00008.pt"))  # torch.load(weights_only=True)
+    assert ckpt["step"] == 8
+    assert ckpt["config"] == dict(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=64)
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])
+    assert len(ckpt["optimizer"]["state"]) == 28  # AdamW moments for every parameter tensor
+    # 8 steps x 2 micro-batches of 128 tokens: the 17th window of the first shard (~325 windows) is next
+    assert (ckpt["loader"]["epoch"], ckpt["loader"]["shard"], ckpt["loader"]["window"]) == (0, 0, 16)
+    assert ckpt["args"]["max_steps"] == 12 and ckpt["args"]["seq_len"] == 32
+    assert set(ckpt["rng"]) >= {"torch", "numpy", "python"}
+
+
+# -----------------------------------------------------------------------------
+# learning
+
+
+def test_tiny_model_loss_falls_by_two_nats_within_50_steps(data_root, tmp_path):
+    result = run_ok(tiny(data_root, tmp_path, "--max-steps", "50", "--max-lr", "3e-3", "--min-lr", "3e-4",
+                         "--warmup-steps", "5", "--eval-interval", "1000", "--val-steps", "4",
+                         "--sample-interval", "1000", "--checkpoint-interval", "1000", "--device", "cpu"))
+    train, val = logged(tmp_path, "train"), logged(tmp_path, "val")
+    assert sorted(train) == list(range(50)) and sorted(val) == [0, 49]
+    assert train[0] > 10.5  # ~ln(50304) = 10.83 at init
+    last5 = sum(train[s] for s in range(45, 50)) / 5
+    assert train[0] - last5 >= 2.0, train
+    assert val[0] - val[49] >= 2.0, val  # held-out text: the model learned English, not these batches
+
+
+# -----------------------------------------------------------------------------
+# processes: DDP on one machine, two "nodes" on loopback
+
+
+def assert_same_losses_as_reference(log_dir, reference_log_dir):
+    train, expected = logged(log_dir, "train"), logged(reference_log_dir, "train")
+    assert sorted(train) == sorted(expected) == list(range(12))
+    assert max(abs(train[s] - expected[s]) for s in expected) <= 1e-5, (train, expected)
+    assert len({round(v, 3) for v in expected.values()}) >= 10  # the steps really differ: a real comparison
+    # validation: the reference's 2 micro-batches are the 2 ranks' 1 each, so the means agree
+    val, expected_val = logged(log_dir, "val"), logged(reference_log_dir, "val")
+    assert sorted(val) == sorted(expected_val) == [0, 3, 6, 9, 11]
+    assert max(abs(val[s] - expected_val[s]) for s in expected_val) <= 1.5e-4  # 4 printed decimals
+
+
+def test_ddp_two_processes_match_one_process_with_gradient_accumulation(data_root, reference, tmp_path):
+    _, reference_log_dir = reference
+    args = tiny(data_root, tmp_path, *REFERENCE, "--val-steps", "1")  # 1 per rank = the reference's 2
+    result = run_ok(args, launcher=["--standalone", "--nproc_per_node=2"])
+    assert "=> calculated gradient accumulation steps: 1" in result.stdout.splitlines()
+    assert "using device: cpu x 2 process(es)" in result.stdout
+    assert_same_losses_as_reference(tmp_path, reference_log_dir)
+    # every rank prints its own samples
+    assert len(re.findall(r"^rank 1 sample\d: ", result.stdout, flags=re.M)) == 8
+
+
+@pytest.mark.slow
+def test_two_nodes_on_loopback_match_one_process_with_gradient_accumulation(data_root, reference, tmp_path):
+    _, reference_log_dir = reference
+    args = tiny(data_root, tmp_path, *REFERENCE, "--val-steps", "1")
+    port = free_port()
+    cmds, procs = [], []
+    for node_rank in (0, 1):
+        launcher = ["--nnodes=2", "--nproc_per_node=1", f"--node-rank={node_rank}", "--rdzv-backend=c10d",
+                    f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=test-{port}",
+                    "--local-addr=127.0.0.1"]  # the agent's address for the other node: not the hostname's
+        cmds.append([sys.executable, "-m", "torch.distributed.run", *launcher, SCRIPT, *args])
+        out = open(tmp_path / f"node{node_rank}.out", "w+")
+        procs.append((subprocess.Popen(cmds[-1], cwd=ROOT, env=env_for_runs(), stdout=out,
+                                       stderr=subprocess.STDOUT, text=True, start_new_session=True), out))
+    try:
+        # a node that fails leaves the other waiting for it at the rendezvous: stop waiting then
+        deadline = time.time() + TIMEOUT
+        while any(p.poll() is None for p, _ in procs) and not any(p.poll() for p, _ in procs) \
+                and time.time() < deadline:
+            time.sleep(0.1)
+    finally:
+        for proc, out in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            out.seek(0)
+    outputs = [out.read() for _, out in procs]
+    assert [proc.returncode for proc, _ in procs] == [0, 0], "\n\n".join(o[-5000:] for o in outputs)
+    both = "\n".join(outputs)
+    assert "using device: cpu x 2 process(es)" in both
+    assert "=> calculated gradient accumulation steps: 1" in both
+    assert_same_losses_as_reference(tmp_path, reference_log_dir)
+
+
+# -----------------------------------------------------------------------------
+# exact resume
+
+
+def test_resume_auto_after_sigkill_matches_uninterrupted_run(data_root, reference, tmp_path):
+    reference_stdout, reference_log_dir = reference
+    args = tiny(data_root, tmp_path, *REFERENCE)
+    checkpoint = tmp_path / "model_00008.pt"
+    with open(tmp_path / "killed.out", "w") as out:
+        proc = subprocess.Popen([sys.executable, SCRIPT, *args], cwd=ROOT, env=env_for_runs(), stdout=out,
+                                stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + TIMEOUT
+            while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.01)  # the file appears whole: written to .tmp, then renamed
+            still_running = proc.poll() is None
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    assert still_running and proc.returncode == -signal.SIGKILL, (tmp_path / "killed.out").read_text()[-3000:]
+    assert not (tmp_path / "model_00012.pt").exists()
+
+    result = run_ok([*args, "--resume", "auto"])
+    assert f"resumed from {checkpoint} at step 8" in result.stdout
+    # log.txt, the killed run's lines before step 8 and the resumed run's after, is the uninterrupted run's
+    # to the last printed digit (the killed run may have logged step 8 before it died: that line is redone)
+    assert log_lines(tmp_path) == log_lines(reference_log_dir)
+    expected = step_fields(reference_stdout)
+    resumed = step_fields(result.stdout)
+    assert sorted(resumed) == [8, 9, 10, 11]
+    assert resumed == {s: expected[s] for s in resumed}
+    # and it ends where the uninterrupted run ended, down to the last weight
+    ours = load_checkpoint(str(tmp_path / "model_00012.pt"))["model"]
+    theirs = load_checkpoint(os.path.join(reference_log_dir, "model_00012.pt"))["model"]
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_resume_from_a_checkpoint_path_matches_uninterrupted_run(data_root, reference, tmp_path):
+    reference_stdout, reference_log_dir = reference
+    checkpoint = os.path.join(reference_log_dir, "model_00004.pt")
+    result = run_ok(tiny(data_root, tmp_path, *REFERENCE, "--resume", checkpoint))
+    assert f"resumed from {checkpoint} at step 4" in result.stdout
+    expected_lines = [line for line in log_lines(reference_log_dir) if int(line.split()[0]) >= 4]
+    assert log_lines(tmp_path) == expected_lines  # val at 6, 9, 11 too: the val loader starts over each time
+    expected = step_fields(reference_stdout)
+    resumed = step_fields(result.stdout)
+    assert sorted(resumed) == list(range(4, 12))
+    assert resumed == {s: expected[s] for s in resumed}
+    # the samples at steps 6 and 11 are the same text as well
+    samples = re.findall(r"^rank 0 sample\d: .*$", result.stdout, flags=re.M)
+    assert samples == re.findall(r"^rank 0 sample\d: .*$", reference_stdout, flags=re.M)
+
+
+def test_resume_auto_picks_the_checkpoint_with_the_most_steps(tmp_path):
+    assert train_gpt2.find_resume_checkpoint("auto", str(tmp_path)) is None  # a fresh run starts at step 0
+    for step in (5000, 99999, 100000, 20000):
+        (tmp_path / os.path.basename(train_gpt2.checkpoint_path(str(tmp_path), step))).write_bytes(b"")
+    (tmp_path / "model_100000.pt.tmp").write_bytes(b"")  # a save cut short: never resumed from
+    assert train_gpt2.find_resume_checkpoint("auto", str(tmp_path)) == str(tmp_path / "model_100000.pt")
+
+
+# -----------------------------------------------------------------------------
+# torch.compile
+
+
+@pytest.mark.slow
+def test_compiled_run_trains_validates_and_samples_like_the_eager_run(data_root, reference, tmp_path):
+    reference_stdout, reference_log_dir = reference
+    # steps 0-2 are warmup, whose learning rates do not depend on --max-steps: comparable to the reference
+    result = run_ok(tiny(data_root, tmp_path, "--compile", "--max-steps", "3", "--eval-interval", "3",
+                         "--val-steps", "2", "--sample-interval", "6", "--checkpoint-interval", "4",
+                         "--device", "cpu"))
+    assert "compile True" in result.stdout
+    train, expected = logged(tmp_path, "train"), logged(reference_log_dir, "train")
+    assert sorted(train) == [0, 1, 2]
+    assert max(abs(train[s] - expected[s]) for s in train) < 1e-4, (train, expected)
+    val = logged(tmp_path, "val")
+    assert sorted(val) == [0, 2]
+    assert abs(val[0] - logged(reference_log_dir, "val")[0]) <= 1.5e-4
+    assert math.isfinite(val[2]) and val[2] < val[0]
+    assert len(re.findall(r"^rank 0 sample\d: Hello, I'm a language model,", result.stdout, flags=re.M)) == 4
+    ckpt = load_checkpoint(str(tmp_path / "model_00003.pt"))
+    assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])
+
+
+# -----------------------------------------------------------------------------
+# bad input: one line `error: ...` on stderr, exit status != 0, no traceback
+
+
+def assert_one_error_line(result):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def run_main_in_process(argv, capsys):
+    """train_gpt2.main as the CLI calls it, in this process (no interpreter start): its error line and exit status."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train_gpt2.main(argv)
+    err = capsys.readouterr().err
+    return subprocess.CompletedProcess(argv, exit_info.value.code, "", err)
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--total-batch-size", "300"], r"--total-batch-size 300 is not divisible by B\*T\*processes = 4\*32\*1 = 128; "
+                                    r"nearest valid: 256 or 384"),
+    (["--total-batch-size", "100"], r"nearest valid: 128$"),
+    (["-T", "128", "--total-batch-size", "512"], r"--seq-len 128 exceeds the model's block size 64"),
+    (["-B", "0"], r"--batch-size must be positive, got 0"),
+    (["--n-embd", "-64"], r"--n-embd must be positive, got -64"),
+    (["--max-steps", "0"], r"--max-steps must be positive"),
+    (["--n-embd", "63"], r"n_embd \(63\) must be divisible by n_head \(2\)"),
+])
+def test_bad_sizes_stop_with_one_error_line(data_root, tmp_path, capsys, extra, expected):
+    line = assert_one_error_line(run_main_in_process(tiny(data_root, tmp_path, "--max-steps", "2", *extra), capsys))
+    assert re.search(expected, line), line
+    assert not os.path.exists(tmp_path / "log.txt")  # stopped before the run began
+
+
+def test_missing_shards_name_the_command_that_makes_them(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    line = assert_one_error_line(run_main_in_process(tiny(str(tmp_path / "empty"), tmp_path / "log"), capsys))
+    assert "no shards for split 'train'" in line and "python fineweb.py" in line
+
+
+def test_device_cuda_without_a_gpu_is_an_error_line(data_root, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    # a real interpreter: nothing else (a warning, a traceback) may reach stderr
+    line = assert_one_error_line(run_script(tiny(data_root, tmp_path, "--device", "cuda")))
+    assert "--device cuda" in line and "no CUDA GPU" in line
+
+
+def test_resume_of_a_missing_file_is_an_error_line(data_root, tmp_path, capsys):
+    missing = str(tmp_path / "nope" / "model_00004.pt")
+    line = assert_one_error_line(run_main_in_process(tiny(data_root, tmp_path, "--resume", missing), capsys))
+    assert f"--resume {missing}: no such checkpoint file" in line
+
+
+@pytest.mark.parametrize("content", ["text", "foreign", "truncated"])
+def test_resume_of_a_file_that_is_no_checkpoint_is_an_error_line(data_root, reference, tmp_path, capsys, content):
+    path = tmp_path / "model_00004.pt"
+    if content == "text":
+        path.write_text("step 4, trust me\n")
+    elif content == "foreign":
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, path)  # a torch file, not one of ours
+    else:
+        data = open(os.path.join(reference[1], "model_00004.pt"), "rb").read()
+        path.write_bytes(data[: len(data) // 2])
+    line = assert_one_error_line(run_main_in_process(tiny(data_root, tmp_path, "--resume", str(path)), capsys))
+    assert str(path) in line and "checkpoint" in line
+
+
+def test_resume_of_another_models_checkpoint_is_an_error_line(data_root, reference, tmp_path, capsys):
+    checkpoint = os.path.join(reference[1], "model_00004.pt")  # n_embd 64
+    line = assert_one_error_line(run_main_in_process(
+        tiny(data_root, tmp_path, "--n-embd", "32", "--resume", checkpoint), capsys))
+    assert checkpoint in line and "another shape" in line and "'n_embd': 64" in line and "'n_embd': 32" in line
+    assert not os.path.exists(tmp_path / "log.txt")
+
+
+def test_bad_input_under_torchrun_prints_one_error_line(data_root, tmp_path):
+    # every rank finds the problem; rank 0 says it (torchrun then adds its own report of the failed ranks)
+    result = run_script(tiny(data_root, tmp_path, "--total-batch-size", "384"),
+                        launcher=["--standalone", "--nproc_per_node=2"])
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: --total-batch-size 384 is not divisible by B*T*processes = 4*32*2 = 256; "
+                      "nearest valid: 256 or 512"], result.stderr
+
+
+def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(data_root, tmp_path):
+    # Adam moves every weight by ~lr whatever the gradient: after step 0 at lr 3e29 the activations
+    # overflow float32, and step 1's loss is nan
+    result = run_script(tiny(data_root, tmp_path, "--max-lr", "1e30", "--max-steps", "6", "--val-steps", "1",
+                             "--checkpoint-interval", "1", "--device", "cpu"))
+    line = assert_one_error_line(result)
+    assert re.search(r"the loss became (nan|inf|-inf) at step 1;", line), line
+    assert "lower --max-lr" in line
+    assert sorted(os.listdir(tmp_path)) == ["log.txt", "model_00001.pt"]  # the checkpoint after step 0 only
+    assert list(logged(tmp_path, "train")) == [0]  # the bad loss is not logged
+    assert [int(m[1]) for m in map(STEP_LINE.match, result.stdout.splitlines()) if m] == [0]
