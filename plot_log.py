@@ -30,15 +30,14 @@ def read_log(path):
 
 
 def plot(path, out, references=True):
-    import matplotlib
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
+    # a bare Figure draws with Agg and leaves pyplot's backend alone (a notebook keeps its inline plots)
+    from matplotlib.figure import Figure
 
     streams = read_log(path)
     if "train" not in streams:
         raise ValueError(f"{path} has no `{{step}} train {{loss}}` lines: is it a train_gpt2.py log?")
-    fig, axes = plt.subplots(1, 2 if "hella" in streams else 1, figsize=(14 if "hella" in streams else 8, 5),
-                             squeeze=False)
+    fig = Figure(figsize=(14 if "hella" in streams else 8, 5))
+    axes = fig.subplots(1, 2 if "hella" in streams else 1, squeeze=False)
     ax = axes[0][0]
     steps, values = streams["train"]
     ax.plot(steps, values, label=f"train loss (final {values[-1]:.4f})", lw=1)
@@ -64,7 +63,6 @@ def plot(path, out, references=True):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
 
 

