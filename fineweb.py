@@ -153,6 +153,11 @@ def atomic_write(path, write):
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
+class _WriteOnly:
+    def __init__(self, f):
+        self.write = f.write
+
+
 def shard_name(prefix, index):
     return f"{prefix}_{'val' if index == 0 else 'train'}_{index:06d}.npy"
 
@@ -269,7 +274,9 @@ class ShardWriter:
             # before the first shard of this run: shards on disk always come with the arguments that made
             # them, and an earlier manifest's list is cut to the intact shards this run continues from
             self._write_manifest()
-        atomic_write(path, lambda f: np.save(f, tokens))  # a file object: np.save would add .npy to a str path
+        # np.save into a real file writes the data with ndarray.tofile, which lets a short write (a full disk)
+        # pass silently; through an object that only has .write, every chunk's write is checked
+        atomic_write(path, lambda f: np.save(_WriteOnly(f), tokens))
         self.shards.append(dict(
             file=name, split="val" if index == 0 else "train", tokens=int(self.fill),
             documents=int(np.count_nonzero(tokens == EOT)),  # documents that start in this shard

@@ -10,15 +10,19 @@ Pre-train GPT-2 (124M) on FineWeb-Edu: the lecture's training run, as one script
 Every step processes ~0.5M tokens (GPT-3 small's batch size), split into micro-batches of B x T tokens
 per process and accumulated. The defaults reproduce the lecture's run: 19,073 steps = 10B tokens = one
 epoch of sample-10BT. Validation loss and HellaSwag every 250 steps, samples every 250, checkpoints
-every 5,000, all written to log/. `--resume auto` continues a run exactly where its last checkpoint left it.
+every 5,000, all written to log/. `--resume auto` continues a run exactly where its last complete checkpoint
+left it, after any kill; SIGTERM or SIGUSR1 (a preemption) ends the run after the current step with a checkpoint.
 """
 
 import argparse
-import glob
+import hashlib
+import json
 import math
 import os
 import platform
 import random
+import re
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -64,13 +68,16 @@ class RunLog:
 
     def __init__(self, path, resume_step=0):
         self.path = path
-        # a resumed run rewrites what happened after its checkpoint, so drop those lines first
+        # a resumed run rewrites what happened after its checkpoint, so drop those lines first (and a
+        # line cut short by a full disk); the rewrite is atomic, as a kill here must not lose the log
         kept = []
         if resume_step > 0 and os.path.exists(path):
             with open(path) as f:
-                kept = [line for line in f if int(line.split()[0]) < resume_step]
-        with open(path, "w") as f:
+                kept = [line for line in f
+                        if (m := re.fullmatch(r"(\d+) \w+ \S+\n", line)) and int(m[1]) < resume_step]
+        with open(path + ".tmp", "w") as f:
             f.writelines(kept)
+        os.replace(path + ".tmp", path)
 
     def write(self, step, kind, value):
         with open(self.path, "a") as f:  # reopen per line: a crash loses nothing already logged
@@ -117,7 +124,10 @@ def parse_args(argv=None):
     g.add_argument("--hellaswag-file", default=None, help="a local hellaswag_val.jsonl instead of the download")
     g.add_argument("--sample-interval", type=int, default=250, help="print samples every N steps (not at step 0)")
     g.add_argument("--checkpoint-interval", type=int, default=5000, help="checkpoint every N steps and after the last")
-    g.add_argument("--resume", default="none", help="none, auto (the newest checkpoint in --log-dir) or a path")
+    g.add_argument("--keep-checkpoints", type=int, default=2, metavar="N",
+                   help="keep the N newest checkpoints, removing older ones once a new one is complete (0: keep all)")
+    g.add_argument("--resume", default="none",
+                   help="none, auto (the newest complete checkpoint in --log-dir) or a checkpoint path")
     g.add_argument("--stop-after", type=int, default=None, metavar="N",
                    help="stop after N steps of this invocation with a checkpoint (the schedule still follows "
                         "--max-steps): split a run into jobs of limited time, continue with --resume auto")
@@ -144,6 +154,8 @@ def check_args(args, world_size):
     for name in ("n_layer", "n_head", "n_embd", "block_size", "stop_after"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.keep_checkpoints < 0:
+        raise ConfigError(f"--keep-checkpoints must be 0 (keep all) or more, got {args.keep_checkpoints}")
     if not (args.max_lr > 0 and 0 <= args.min_lr <= args.max_lr):
         raise ConfigError(f"need 0 <= --min-lr <= --max-lr and --max-lr > 0, got {args.min_lr} and {args.max_lr}")
     span = args.batch_size * args.seq_len * world_size
@@ -235,6 +247,16 @@ def evaluate_hellaswag(model, path, device, autocast_dtype, rank, world_size):
     return int(counts[0]), int(counts[1])
 
 
+def prepare_hellaswag(path, block_size, rank, world_size):
+    """Render this rank's HellaSwag examples now (hellaswag.py keeps them for every evaluation), so that a
+    file the model cannot score stops the run at startup rather than at its first evaluation."""
+    import hellaswag
+    try:
+        hellaswag._render_share(path, block_size, rank, world_size)
+    except ValueError as e:
+        raise ConfigError(f"HellaSwag {path}: {e}; pass another --hellaswag-file or --no-hellaswag") from e
+
+
 def print_samples(model, enc, rank, autocast_dtype, num=4, length=32, prompt="Hello, I'm a language model,"):
     rows = generate(model, enc.encode(prompt), length, num, seed=42 + rank, autocast_dtype=autocast_dtype)
     for i, row in enumerate(rows):
@@ -243,7 +265,7 @@ def print_samples(model, enc, rank, autocast_dtype, num=4, length=32, prompt="He
 
 
 # -----------------------------------------------------------------------------
-# checkpoints: every stateful piece's state_dict, written atomically
+# checkpoints: every stateful piece's state_dict, written atomically, with a sidecar that proves it whole
 
 
 def rng_state():
@@ -262,8 +284,71 @@ def set_rng_state(s):
     random.setstate((s["python_version"], tuple(s["python"]), None))
 
 
+# A checkpoint log/model_00008.pt is written as model_00008.pt.tmp; then its size and sha256 go into its
+# sidecar model_00008.pt.json, and only then is the .tmp renamed. A kill at any moment leaves the earlier
+# checkpoints as they were, plus at worst a .tmp or a sidecar without its checkpoint (both removed at the
+# next start), and every model_*.pt this code wrote has its sidecar. --resume auto takes the newest
+# checkpoint whose bytes match its sidecar: one damaged later (a disk error, a cut-short copy) is skipped.
+
+CHECKPOINT_NAME = re.compile(r"model_(\d+)\.pt")
+
+
+class CheckpointError(ValueError):
+    pass
+
+
 def checkpoint_path(log_dir, step):
     return os.path.join(log_dir, f"model_{step:05d}.pt")
+
+
+def sidecar_path(path):
+    return path + ".json"
+
+
+def list_checkpoints(log_dir):
+    """[(step, path)] of the checkpoints in log_dir, oldest first (by step: model_100000.pt is newer than 99999)."""
+    names = os.listdir(log_dir) if os.path.isdir(log_dir) else []
+    return sorted((int(m[1]), os.path.join(log_dir, n)) for n in names if (m := CHECKPOINT_NAME.fullmatch(n)))
+
+
+def file_digest(path):
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+class HashingWriter:
+    """The file torch.save writes to: hashes the bytes on their way, and keeps the OSError of a failed write,
+    which torch reports only as a RuntimeError ('unexpected pos ...')."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.size, self.error = f, hashlib.sha256(), 0, None
+
+    def write(self, data):
+        try:
+            n = self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+        self.sha.update(data)
+        self.size += len(data)
+        return n
+
+    def flush(self):
+        self.f.flush()
+
+
+def fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # Windows cannot open a folder; its renames are durable enough
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(path, model, optimizer, step, loader_state, args):
@@ -276,30 +361,140 @@ def save_checkpoint(path, model, optimizer, step, loader_state, args):
         "rng": rng_state(),
         "args": vars(args),
     }
-    tmp = path + ".tmp"
-    torch.save(ckpt, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint, never half a file
+    tmp, sidecar = path + ".tmp", sidecar_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            out = HashingWriter(f)
+            try:
+                torch.save(ckpt, out)
+            except RuntimeError:
+                if out.error is None:
+                    raise  # not the disk: a bug
+                raise out.error
+            f.flush()
+            os.fsync(f.fileno())
+        with open(sidecar + ".tmp", "w") as f:
+            json.dump({"file": os.path.basename(path), "bytes": out.size, "sha256": out.sha.hexdigest(),
+                       "step": step}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(sidecar + ".tmp", sidecar)
+        os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoints, never half a file
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+    except OSError as e:  # a full disk, a quota: the environment, not this code
+        for p in (tmp, sidecar + ".tmp"):
+            if os.path.exists(p):
+                os.remove(p)
+        intact = [p for s, p in list_checkpoints(os.path.dirname(path)) if s < step and not checkpoint_problem(p)]
+        raise CheckpointError(f"cannot write the checkpoint {path} ({e.strerror or e}: is the disk full?); "
+                              + (f"the previous checkpoint {intact[-1]} is intact: " if intact else "")
+                              + "free some space, then continue with --resume auto") from e
 
 
-def find_resume_checkpoint(resume, log_dir):
+def checkpoint_problem(path, need_sidecar=True):
+    """Why the checkpoint at path is not whole, or None: its size and sha256 against its sidecar's."""
+    sidecar = sidecar_path(path)
+    if not os.path.exists(sidecar):
+        return f"it has no {os.path.basename(sidecar)} (written by an older train_gpt2.py?)" if need_sidecar else None
+    try:
+        with open(sidecar) as f:
+            expected = json.load(f)
+        size, sha = int(expected["bytes"]), str(expected["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"its sidecar {sidecar} is unreadable ({e})"
+    if os.path.getsize(path) != size:
+        return f"it has {os.path.getsize(path):,} bytes, not the {size:,} its sidecar records: it is truncated"
+    if file_digest(path) != sha:
+        return "its sha256 differs from its sidecar's: it is corrupt"
+    return None
+
+
+def find_resume_checkpoint(resume, log_dir, warn=print):
+    """The checkpoint to resume from: None, the newest complete one in log_dir ('auto'), or the path given."""
     if resume == "none":
         return None
     if resume == "auto":
-        # newest = most steps: by length first, since model_100000.pt sorts before model_99999.pt by name
-        found = sorted(glob.glob(os.path.join(log_dir, "model_*.pt")), key=lambda p: (len(p), p))
-        return found[-1] if found else None
+        found = list_checkpoints(log_dir)
+        for _, path in reversed(found):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                return path
+            warn(f"warning: skipping {path}: {problem}")
+        if found:
+            raise CheckpointError(f"no checkpoint in {log_dir}/ is complete ({len(found)} found, none whole); resume "
+                                  f"one with --resume PATH, or move them away to start over")
+        return None
     if not os.path.isfile(resume):
         raise ConfigError(f"--resume {resume}: no such checkpoint file")
+    problem = checkpoint_problem(resume, need_sidecar=False)  # a checkpoint copied without its sidecar loads
+    if problem:
+        raise CheckpointError(f"--resume {resume}: {problem}")
     return resume
+
+
+def prune_checkpoints(log_dir, newest_step, keep):
+    """Remove all but the `keep` newest checkpoints up to newest_step (just written, complete) and their sidecars.
+    Checkpoints beyond newest_step (from a run this one branched off) are left alone."""
+    if keep == 0:
+        return
+    older = [path for step, path in list_checkpoints(log_dir) if step < newest_step]
+    for path in older[:max(len(older) - (keep - 1), 0)]:
+        for p in (path, sidecar_path(path)):  # the checkpoint first: none is ever left without its sidecar
+            if os.path.exists(p):
+                os.remove(p)
+
+
+def remove_stale_files(log_dir, print0):
+    """What a killed run leaves behind: .tmp files it was writing, a sidecar whose checkpoint was never renamed."""
+    for name in sorted(os.listdir(log_dir)):
+        path = os.path.join(log_dir, name)
+        stale = name.endswith(".tmp") and name.startswith(("model_", "log.txt"))
+        orphan = CHECKPOINT_NAME.fullmatch(name.removesuffix(".json")) and name.endswith(".json") \
+            and not os.path.exists(path.removesuffix(".json"))
+        if stale or orphan:
+            os.remove(path)
+            print0(f"removed {path}, left by a run killed while writing it")
+
+
+# -----------------------------------------------------------------------------
+# preemption: SLURM and cloud schedulers send SIGTERM, then SIGKILL after a grace period (torchrun passes
+# SIGTERM on to its workers); SIGUSR1 is SLURM's usual early warning (`#SBATCH --signal=USR1@120`)
+
+
+class Preemption:
+    """Notes SIGTERM/SIGUSR1; the loop asks at the end of each step and stops there with a checkpoint."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+    def __init__(self):
+        self.received = 0  # the number of the last signal received, 0 if none
+        self.previous = {}
+        try:
+            self.previous = {s: signal.signal(s, self._note) for s in self.SIGNALS}
+        except ValueError:  # not the main thread (train_gpt2.main called from a thread): no handlers
+            pass
+
+    def _note(self, signum, frame):
+        self.received = signum
+
+    def agreed(self, device, world_size):
+        """The signal that any rank received (0 if none), so that every rank stops after the same step."""
+        if world_size == 1:
+            return self.received
+        flag = torch.tensor(self.received, device=device)  # a CPU tensor for gloo, a CUDA one for NCCL
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+    def restore(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 # -----------------------------------------------------------------------------
 # the training run
 
 
-def train(args):
+def train(args, preemption):
     rank, local_rank, world_size, device = setup_distributed(args.device)
     master = rank == 0
     print0 = print if master else (lambda *a, **k: None)
@@ -335,12 +530,14 @@ def train(args):
     model = build_model(args, print0)
     if T > model.config.block_size:
         raise ConfigError(f"--seq-len {T} exceeds the model's block size {model.config.block_size}")
+    if hellaswag_path:
+        prepare_hellaswag(hellaswag_path, model.config.block_size, rank, world_size)
     model.to(device)
     optimizer = model.configure_optimizers(weight_decay=args.weight_decay, learning_rate=args.max_lr,
                                            device_type=device_type, verbose=master)
 
     start_step = 0
-    resume_path = find_resume_checkpoint(args.resume, args.log_dir)
+    resume_path = find_resume_checkpoint(args.resume, args.log_dir, warn=lambda m: print0(m, file=sys.stderr))
     if resume_path:
         ckpt = load_checkpoint(resume_path, map_location=device)
         if ckpt["config"] != asdict(model.config):
@@ -363,6 +560,8 @@ def train(args):
     enc = get_encoding()
 
     os.makedirs(args.log_dir, exist_ok=True)
+    if master:
+        remove_stale_files(args.log_dir, print0)
     log = RunLog(os.path.join(args.log_dir, "log.txt"), start_step) if master else None
     lr_at = lambda s: get_lr(s, args.max_lr, args.min_lr, args.warmup_steps, args.max_steps)
 
@@ -420,13 +619,17 @@ def train(args):
         if master:
             log.write(step, "train", loss_value)
 
-        stopping = args.stop_after is not None and step + 1 - start_step >= args.stop_after
+        # a checkpoint at the end of this step if it is time, or if a signal or --stop-after ends this job
+        signum = preemption.agreed(device, world_size)
+        stopping = signum or (args.stop_after is not None and step + 1 - start_step >= args.stop_after)
         if master and ((step + 1) % args.checkpoint_interval == 0 or last_step or stopping):
             path = checkpoint_path(args.log_dir, step + 1)
             save_checkpoint(path, raw_model, optimizer, step + 1, train_loader.state_dict(), args)
+            prune_checkpoints(args.log_dir, step + 1, args.keep_checkpoints)
             print0(f"saved {path}")
         if stopping and not last_step:
-            print0(f"stopped after {args.stop_after} steps as asked (--stop-after); continue with --resume auto")
+            why = f"{signal.Signals(signum).name} received" if signum else f"--stop-after {args.stop_after}"
+            print0(f"stopped after step {step} ({why}) with a checkpoint; continue with --resume auto")
             break
 
     if world_size > 1:
@@ -435,15 +638,21 @@ def train(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    preemption = Preemption()  # from the start: a signal during setup stops the run after its first step
     try:
         check_args(args, int(os.environ.get("WORLD_SIZE", 1)))
-        train(args)
-    except (ValueError, TokenizerUnavailable) as e:  # DataError, ConfigError and the models' own checks
+        train(args, preemption)
+    except (ValueError, TokenizerUnavailable, OSError) as e:
+        # DataError, ConfigError, CheckpointError, the models' own checks; OSError: the environment (a log
+        # folder this user may not write, a full disk while writing log.txt)
         if int(os.environ.get("RANK", 0)) == 0:
-            print(f"error: {e}", file=sys.stderr)
+            message = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename else e
+            print(f"error: {message}", file=sys.stderr)
         if dist.is_initialized():
             dist.destroy_process_group()
         sys.exit(1)
+    finally:
+        preemption.restore()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """train_gpt2.py end to end: a tiny GPT on a tiny real-English corpus, run as the user runs it
 (python and torchrun with gloo on CPU): DDP and multi-node equivalence, exact resume after SIGKILL,
 the LR schedule, the lecture's console and log formats, learning, torch.compile and every bad input."""
+import json
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,9 +29,9 @@ TIMEOUT = 600  # seconds for one run: generous, a shared 2-core CI box can be sl
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "64", "--block-size", "64", "-B", "4", "-T", "32",
         "--total-batch-size", "256", "--warmup-steps", "3", "--no-hellaswag", "--vocab-size", "50304"]
 # the run the resume, DDP, format and compile tests compare against: 12 steps, validation at
-# 0, 3, 6, 9 and 11, samples at 6 and 11, checkpoints after steps 4, 8 and 12
+# 0, 3, 6, 9 and 11, samples at 6 and 11, checkpoints after steps 4, 8 and 12 (all 3 kept: tests resume from each)
 REFERENCE = ["--max-steps", "12", "--eval-interval", "3", "--val-steps", "2", "--sample-interval", "6",
-             "--checkpoint-interval", "4", "--device", "cpu"]
+             "--checkpoint-interval", "4", "--keep-checkpoints", "3", "--device", "cpu"]
 
 STEP_LINE = re.compile(r"^step +(\d+) \| loss: (\d+\.\d{6}) \| lr: (\d\.\d{4}e[-+]\d{2}) \| norm: (\d+\.\d{4}) \| "
                        r"dt: \d+\.\d{2} \| tok/sec: \d+\.\d{2}$")
@@ -202,7 +204,8 @@ def test_log_txt_has_train_and_val_lines_in_the_plotting_format(reference):
 
 def test_checkpoints_hold_every_stateful_piece_as_plain_data(reference):
     _, log_dir = reference
-    assert sorted(os.listdir(log_dir)) == ["log.txt", "model_00004.pt", "model_00008.pt", "model_00012.pt"]
+    assert sorted(os.listdir(log_dir)) == ["log.txt", "model_00004.pt", "model_00004.pt.json", "model_00008.pt",
+                                           "model_00008.pt.json", "model_00012.pt", "model_00012.pt.json"]
     ckpt = load_checkpoint(os.path.join(log_dir, "model_00008.pt"))  # torch.load(weights_only=True)
     assert ckpt["step"] == 8
     assert ckpt["config"] == dict(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=64)
@@ -345,12 +348,7 @@ def test_resume_from_a_checkpoint_path_matches_uninterrupted_run(data_root, refe
     assert samples == re.findall(r"^rank 0 sample\d: .*$", reference_stdout, flags=re.M)
 
 
-def test_resume_auto_picks_the_checkpoint_with_the_most_steps(tmp_path):
-    assert train_gpt2.find_resume_checkpoint("auto", str(tmp_path)) is None  # a fresh run starts at step 0
-    for step in (5000, 99999, 100000, 20000):
-        (tmp_path / os.path.basename(train_gpt2.checkpoint_path(str(tmp_path), step))).write_bytes(b"")
-    (tmp_path / "model_100000.pt.tmp").write_bytes(b"")  # a save cut short: never resumed from
-    assert train_gpt2.find_resume_checkpoint("auto", str(tmp_path)) == str(tmp_path / "model_100000.pt")
+# which checkpoint --resume auto picks (the newest complete one): tests/test_fault_tolerance.py
 
 
 # -----------------------------------------------------------------------------
@@ -407,6 +405,7 @@ def run_main_in_process(argv, capsys):
     (["--n-embd", "-64"], r"--n-embd must be positive, got -64"),
     (["--max-steps", "0"], r"--max-steps must be positive"),
     (["--n-embd", "63"], r"n_embd \(63\) must be divisible by n_head \(2\)"),
+    (["--keep-checkpoints", "-1"], r"--keep-checkpoints must be 0 \(keep all\) or more, got -1"),
 ])
 def test_bad_sizes_stop_with_one_error_line(data_root, tmp_path, capsys, extra, expected):
     line = assert_one_error_line(run_main_in_process(tiny(data_root, tmp_path, "--max-steps", "2", *extra), capsys))
@@ -414,10 +413,44 @@ def test_bad_sizes_stop_with_one_error_line(data_root, tmp_path, capsys, extra, 
     assert not os.path.exists(tmp_path / "log.txt")  # stopped before the run began
 
 
-def test_missing_shards_name_the_command_that_makes_them(tmp_path, capsys):
-    (tmp_path / "empty").mkdir()
-    line = assert_one_error_line(run_main_in_process(tiny(str(tmp_path / "empty"), tmp_path / "log"), capsys))
-    assert "no shards for split 'train'" in line and "python fineweb.py" in line
+@pytest.mark.parametrize("case, expected", [
+    ("missing", r"no shards for split 'train' in .*/data/ .*: make them with `python fineweb.py`"),
+    ("empty", r"no shards for split 'train' in .*/data/ .*: make them with `python fineweb.py`"),
+    ("no val shard", r"no shards for split 'val' in .*/data/ \(files like edufineweb_val_000000.npy\)"),
+    ("int32 shard", r"edufineweb_train_000001.npy is not a 1-D uint16 token array: dtype int32, shape \(\d+,\)$"),
+    ("2-D shard", r"edufineweb_train_000001.npy is not a 1-D uint16 token array: dtype uint16, shape \(\d+, 2\)$"),
+    ("truncated shard", r"edufineweb_train_000001.npy cannot be loaded as a .npy array \(.*\): it is truncated or "
+                        r"not a shard; delete it and run `python fineweb.py` again$"),
+])
+def test_bad_data_folders_stop_with_one_error_line(data_root, tmp_path, capsys, case, expected):
+    folder = tmp_path / "data"
+    if case != "missing":
+        folder.mkdir()
+    if case not in ("missing", "empty"):
+        for name in os.listdir(data_root):
+            if not (case == "no val shard" and "_val_" in name):
+                shutil.copy(os.path.join(data_root, name), folder / name)
+    bad = folder / "edufineweb_train_000001.npy"
+    if case == "int32 shard":
+        np.save(bad, np.load(bad).astype(np.int32))
+    elif case == "2-D shard":
+        np.save(bad, np.load(bad)[:1000].reshape(-1, 2))
+    elif case == "truncated shard":
+        bad.write_bytes(bad.read_bytes()[: os.path.getsize(bad) // 2])
+    line = assert_one_error_line(run_main_in_process(tiny(str(folder), tmp_path / "log"), capsys))
+    assert re.search(expected, line), line
+    assert not os.path.exists(tmp_path / "log")  # stopped before the run began
+
+
+def test_hellaswag_examples_too_long_for_the_model_stop_the_run_at_start_up(data_root, tmp_path, capsys):
+    # found when the examples are rendered, before the first step, not at the first evaluation
+    path = tmp_path / "hellaswag_val.jsonl"
+    path.write_text(json.dumps({"ctx": "A man", "endings": [" word" * 100, " b", " c", " d"], "label": 0}) + "\n")
+    line = assert_one_error_line(run_main_in_process(
+        tiny(data_root, tmp_path / "log", "--hellaswag", "--hellaswag-file", str(path)), capsys))
+    assert re.fullmatch(rf"error: HellaSwag {re.escape(str(path))}: an ending of 10\d tokens does not fit block_size "
+                        r"64; pass another --hellaswag-file or --no-hellaswag", line), line
+    assert not os.path.exists(tmp_path / "log")
 
 
 def test_device_cuda_without_a_gpu_is_an_error_line(data_root, tmp_path):
@@ -474,6 +507,6 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(da
     line = assert_one_error_line(result)
     assert re.search(r"the loss became (nan|inf|-inf) at step 1;", line), line
     assert "lower --max-lr" in line
-    assert sorted(os.listdir(tmp_path)) == ["log.txt", "model_00001.pt"]  # the checkpoint after step 0 only
+    assert sorted(os.listdir(tmp_path)) == ["log.txt", "model_00001.pt", "model_00001.pt.json"]  # after step 0 only
     assert list(logged(tmp_path, "train")) == [0]  # the bad loss is not logged
     assert [int(m[1]) for m in map(STEP_LINE.match, result.stdout.splitlines()) if m] == [0]

@@ -1,0 +1,429 @@
+"""train_gpt2.py against faults (issue 7): SIGKILL at random moments, preemption by SIGTERM and SIGUSR1,
+damaged checkpoints, --keep-checkpoints and a full disk, each checked against an uninterrupted run of the
+same tiny float32 model on CPU, whose logged losses and final weights a faulted run must equal bit for bit."""
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train_gpt2
+from gpt2_modules import load_checkpoint
+from test_train_gpt2 import (ROOT, SCRIPT, TIMEOUT, assert_one_error_line, data_root, env_for_runs,  # noqa: F401
+                             log_lines, logged, run_main_in_process, run_ok, tiny)
+
+# 16 steps: validation at 0, 5, 10 and 15 (20 micro-batches, ~0.5 s: long enough to be killed inside),
+# samples at 15 only, a checkpoint after every 2nd step of which the 2 newest are kept (the default)
+FAULTY = ["--max-steps", "16", "--eval-interval", "5", "--val-steps", "20", "--sample-interval", "1000",
+          "--checkpoint-interval", "2", "--device", "cpu"]
+FINAL = ["log.txt", "model_00014.pt", "model_00014.pt.json", "model_00016.pt", "model_00016.pt.json"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_root, tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("uninterrupted")
+    result = run_ok(tiny(data_root, log_dir, *FAULTY))
+    return result.stdout, log_dir
+
+
+def assert_same_run(log_dir, uninterrupted_log_dir):
+    """log.txt to the last printed digit and the final weights to the last bit: the uninterrupted run's."""
+    assert log_lines(log_dir) == log_lines(uninterrupted_log_dir)
+    assert sorted(logged(log_dir, "train")) == list(range(16)) and sorted(logged(log_dir, "val")) == [0, 5, 10, 15]
+    ours = load_checkpoint(str(log_dir / "model_00016.pt"))["model"]
+    theirs = load_checkpoint(str(uninterrupted_log_dir / "model_00016.pt"))["model"]
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def newest_complete_step(log_dir):
+    """The step --resume auto should continue from (0 if none)."""
+    complete = [s for s, p in train_gpt2.list_checkpoints(str(log_dir)) if train_gpt2.checkpoint_problem(p) is None]
+    return max(complete, default=0)
+
+
+class Background:
+    """train_gpt2.py (or torchrun) running in its own process group, its output going to a file we can watch."""
+
+    def __init__(self, args, out_path, launcher=()):
+        self.out_path = out_path
+        self.out = open(out_path, "w")
+        cmd = [sys.executable, *(["-m", "torch.distributed.run", *launcher] if launcher else []), SCRIPT, *args]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env_for_runs(), stdout=self.out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.deadline = time.time() + TIMEOUT
+
+    def output(self):
+        return self.out_path.read_text()
+
+    def wait_until(self, condition, what):
+        while not condition():
+            if self.proc.poll() is not None or time.time() > self.deadline:
+                self.kill()
+                pytest.fail(f"the run ended (status {self.proc.returncode}) before {what}:\n{self.output()[-3000:]}")
+            time.sleep(0.001)
+
+    def wait_for_line(self, pattern, what):
+        self.wait_until(lambda: re.search(pattern, self.output(), flags=re.M), what)
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def wait(self):
+        try:
+            self.proc.wait(timeout=max(self.deadline - time.time(), 1))
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.proc.wait()
+            pytest.fail(f"the run did not end:\n{self.output()[-3000:]}")
+        finally:
+            self.out.close()
+        return self.proc.returncode
+
+
+def step_line(step):
+    return rf"^step +{step} \|"
+
+
+# -----------------------------------------------------------------------------
+# SIGKILL at random moments, then --resume auto: exactly the uninterrupted run
+
+
+@pytest.mark.slow
+def test_resume_auto_after_sigkill_at_eight_random_moments_matches_uninterrupted_run(data_root, uninterrupted,
+                                                                                    tmp_path):
+    _, uninterrupted_log_dir = uninterrupted
+    log_dir = tmp_path / "log"
+    args = tiny(data_root, log_dir, *FAULTY, "--resume", "auto")
+    rng = random.Random(7)
+
+    # Each moment waits for a cue in the output or the folder of the run it kills, and lets the run get at
+    # most a few steps past where it resumed, so that on any machine, fast or slow, every cue is still
+    # ahead: the resumed step stays <= 14 before the last kill, which leaves validation at 15 and the
+    # checkpoint at 16 to aim at.
+    def during_start_up(run, start):
+        # importing torch, loading and checking the checkpoint, removing stale files, rewriting log.txt
+        deadline = time.time() + rng.uniform(0.1, 1.5)
+        run.wait_until(lambda: time.time() > deadline or re.search(r"^step ", run.output(), re.M), "start-up")
+
+    def inside_a_step(run, start):
+        step = min(start + rng.randint(1, 3), 15)
+        run.wait_for_line(step_line(step - 1), f"step {step - 1}")
+        time.sleep(rng.uniform(0.0, 0.05))  # a step takes ~0.15 s here
+
+    def writing_a_checkpoint(run, start):
+        step = min((start + rng.randint(0, 2)) // 2 * 2 + 2, 16)  # a checkpoint ahead
+        tmp = log_dir / f"model_{step:05d}.pt.tmp"
+        run.wait_until(lambda: not tmp.exists(), "the start-up's removal of an earlier kill's .tmp")
+        run.wait_until(tmp.exists, f"the checkpoint write of step {step}")
+
+    def validating(run, start):
+        step = (start // 5 + 1) * 5  # the next validation after the resumed step's own
+        assert step <= 15, "the run got too far for this test to aim at a validation"
+        # it comes right after step-1's line (and its checkpoint, which the run prints when saved)
+        cue = rf"^saved .*model_{step:05d}\.pt$" if step % 2 == 0 else step_line(step - 1)
+        run.wait_for_line(cue, f"the validation at step {step}")
+        time.sleep(rng.uniform(0.0, 0.05))  # a validation takes ~0.4 s here
+        return step
+
+    moments = [during_start_up, inside_a_step, validating, writing_a_checkpoint] * 2
+    for i, moment in enumerate(moments):
+        start = newest_complete_step(log_dir)
+        run = Background(args, tmp_path / f"run{i}.out")
+        validated_step = moment(run, start)
+        run.kill()
+        assert run.wait() == -signal.SIGKILL, run.output()[-3000:]
+        if start and moment is not during_start_up:  # (which may be killed before it says so)
+            resumed = f"resumed from {train_gpt2.checkpoint_path(str(log_dir), start)} at step {start}"
+            assert resumed in run.output().splitlines()
+        # the kill hit what it aimed at
+        if moment is writing_a_checkpoint:
+            assert any(n.endswith(".pt.tmp") for n in os.listdir(log_dir))
+        if moment is validating:
+            assert not re.search(rf"^{validated_step} val ", (log_dir / "log.txt").read_text(), flags=re.M)
+            assert f"{validated_step - 1} train " in (log_dir / "log.txt").read_text()
+        # and every checkpoint on disk is whole (one being written is still a .tmp); the kept 2, or 3 if the
+        # kill came between a new checkpoint and the pruning of the oldest
+        assert all(train_gpt2.checkpoint_problem(p) is None for _, p in train_gpt2.list_checkpoints(str(log_dir)))
+        assert len(train_gpt2.list_checkpoints(str(log_dir))) <= 3
+
+    assert newest_complete_step(log_dir) < 16  # the run still had work left for the last resume
+    result = run_ok(args)
+    assert re.search(r"^removed .*model_\d+\.pt\.tmp, left by a run killed while writing it$", result.stdout, re.M)
+    assert_same_run(log_dir, uninterrupted_log_dir)
+    assert sorted(os.listdir(log_dir)) == FINAL  # no stale .tmp: removed at the start of the last run
+
+
+# -----------------------------------------------------------------------------
+# preemption: SIGTERM, SIGUSR1, --stop-after
+
+
+def test_stop_after_then_sigterm_then_resume_auto_matches_uninterrupted_run(data_root, uninterrupted, tmp_path):
+    _, uninterrupted_log_dir = uninterrupted
+    args = tiny(data_root, tmp_path, *FAULTY, "--resume", "auto")
+    # a job of limited length: 3 steps, then a checkpoint after step 2 (off the every-2-steps schedule)
+    result = run_ok([*args, "--stop-after", "3"])
+    assert result.stdout.splitlines()[-2:] == [
+        f"saved {tmp_path / 'model_00003.pt'}",
+        "stopped after step 2 (--stop-after 3) with a checkpoint; continue with --resume auto"]
+    # preempted in the middle of the next job: it ends the step it is in, saves it and exits 0
+    run = Background(args, tmp_path / "preempted.out")
+    run.wait_for_line(step_line(6), "step 6")
+    run.kill(signal.SIGTERM)
+    assert run.wait() == 0, run.output()[-3000:]
+    last = max(logged(tmp_path, "train"))
+    assert last >= 6
+    assert run.output().splitlines()[-2:] == [
+        f"saved {tmp_path / f'model_{last + 1:05d}.pt'}",
+        f"stopped after step {last} (SIGTERM received) with a checkpoint; continue with --resume auto"]
+    assert newest_complete_step(tmp_path) == last + 1
+    # the --stop-after and preemption checkpoints count among the 2 kept
+    written = {2, 3, last + 1, *range(4, last + 2, 2)}
+    assert [s for s, _ in train_gpt2.list_checkpoints(str(tmp_path))] == sorted(written)[-2:]
+    result = run_ok(args)
+    assert f"resumed from {train_gpt2.checkpoint_path(str(tmp_path), last + 1)} at step {last + 1}" in result.stdout
+    assert_same_run(tmp_path, uninterrupted_log_dir)
+    assert sorted(os.listdir(tmp_path)) == sorted(FINAL + ["preempted.out"])
+
+
+def worker_pid(launcher_pid, rank):
+    """The pid of torchrun's worker with RANK=rank (a child of the launcher)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:  # a process that ended meanwhile
+            continue
+        if ppid == launcher_pid and f"RANK={rank}".encode() in environ:
+            return int(pid)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds torchrun's workers in /proc")
+def test_under_torchrun_a_signal_to_one_rank_or_to_torchrun_stops_every_rank_after_the_same_step(
+        data_root, uninterrupted, tmp_path):
+    # DDP: 1 micro-batch on each of 2 ranks = the 2 micro-steps of the uninterrupted run, and 10 validation
+    # micro-batches on each = its 20. If the ranks disagreed on the step to stop after, one would wait in
+    # the next step's all-reduce for a rank that has left, and the run would hang instead of ending.
+    _, uninterrupted_log_dir = uninterrupted
+    args = tiny(data_root, tmp_path, *FAULTY, "--val-steps", "10", "--resume", "auto")
+    launcher = ["--standalone", "--nproc_per_node=2"]
+
+    def preempt(name, after_step, send):
+        run = Background(args, tmp_path / f"{name}.out", launcher)
+        run.wait_for_line(step_line(after_step), f"step {after_step}")
+        send(run)
+        status = run.wait()
+        last = max(logged(tmp_path, "train"))
+        stopped = f"stopped after step {last} ({name} received) with a checkpoint; continue with --resume auto"
+        assert stopped in run.output().splitlines(), run.output()[-3000:]
+        assert newest_complete_step(tmp_path) == last + 1 < 16
+        return status, last
+
+    # SIGUSR1 to rank 1 alone: it tells rank 0, and both stop; torchrun sees its workers end well
+    def to_rank_1(run):
+        pid = worker_pid(run.proc.pid, 1)
+        assert pid is not None
+        os.kill(pid, signal.SIGUSR1)
+
+    status, last = preempt("SIGUSR1", 3, to_rank_1)
+    assert status == 0
+    # SIGTERM to torchrun (as SLURM sends it): torchrun passes it on and gives the workers 30 s
+    # (--shutdown-timeout) to end; it exits 1 itself (its own SignalException) after they have
+    preempt("SIGTERM", last + 2, lambda run: os.kill(run.proc.pid, signal.SIGTERM))
+    run_ok(args, launcher)
+    # DDP sums its gradients in another order than accumulation: equal to float32 rounding, not bit for bit
+    train, expected = logged(tmp_path, "train"), logged(uninterrupted_log_dir, "train")
+    assert sorted(train) == list(range(16))
+    assert max(abs(train[s] - expected[s]) for s in expected) <= 1e-5, (train, expected)
+
+
+# -----------------------------------------------------------------------------
+# a damaged newest checkpoint: detected, skipped with a warning, the previous one used
+
+
+def damage(path, how):
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 3])
+    elif how == "bit flip":
+        data[len(data) // 2] ^= 0x01  # inside a tensor: torch.load would read it without complaint
+        path.write_bytes(data)
+    elif how == "no sidecar":
+        os.remove(str(path) + ".json")
+    elif how == "sidecar garbage":
+        (path.parent / (path.name + ".json")).write_text("{not json")
+
+
+@pytest.mark.parametrize("how, problem", [
+    ("truncated", r"it has [\d,]+ bytes, not the [\d,]+ its sidecar records: it is truncated"),
+    ("bit flip", r"its sha256 differs from its sidecar's: it is corrupt"),
+], ids=["truncated", "bit-flip"])
+def test_damaged_newest_checkpoint_is_skipped_with_a_warning_and_the_run_still_matches(
+        data_root, uninterrupted, tmp_path, how, problem):
+    _, uninterrupted_log_dir = uninterrupted
+    for name in FINAL:
+        shutil.copy(uninterrupted_log_dir / name, tmp_path / name)
+    damage(tmp_path / "model_00016.pt", how)
+    result = run_ok(tiny(data_root, tmp_path, *FAULTY, "--resume", "auto"))
+    assert re.fullmatch(rf"warning: skipping {re.escape(str(tmp_path / 'model_00016.pt'))}: {problem}\n",
+                        result.stderr), result.stderr
+    assert f"resumed from {tmp_path / 'model_00014.pt'} at step 14" in result.stdout
+    assert_same_run(tmp_path, uninterrupted_log_dir)
+    assert train_gpt2.checkpoint_problem(str(tmp_path / "model_00016.pt")) is None  # rewritten whole
+
+
+def fake_checkpoints(folder, steps):
+    """Checkpoint files with their sidecars, as save_checkpoint leaves them (the content is not a checkpoint's)."""
+    for step in steps:
+        path = train_gpt2.checkpoint_path(str(folder), step)
+        with open(path, "wb") as f:
+            f.write(f"weights after step {step}".encode())
+        with open(train_gpt2.sidecar_path(path), "w") as f:
+            json.dump({"bytes": os.path.getsize(path), "sha256": train_gpt2.file_digest(path), "step": step}, f)
+
+
+def test_resume_auto_takes_the_newest_checkpoint_that_matches_its_sidecar(tmp_path):
+    warnings = []
+    find = lambda: train_gpt2.find_resume_checkpoint("auto", str(tmp_path), warn=warnings.append)  # noqa: E731
+    assert find() is None  # a fresh run starts at step 0
+    fake_checkpoints(tmp_path, [5000, 99999, 100000, 20000, 120000])
+    (tmp_path / "model_130000.pt.tmp").write_bytes(b"")  # a save cut short: never resumed from
+    assert find() == str(tmp_path / "model_120000.pt")  # by step: model_100000.pt sorts before 99999 by name
+    for step, how in ((120000, "truncated"), (100000, "no sidecar"), (99999, "sidecar garbage")):
+        damage(tmp_path / f"model_{step:05d}.pt", how)
+    assert find() == str(tmp_path / "model_20000.pt")
+    assert [re.match(r"warning: skipping (\S+): ", w)[1] for w in warnings] == \
+           [str(tmp_path / f"model_{s}.pt") for s in (120000, 100000, 99999)]
+    assert "has no model_100000.pt.json (written by an older train_gpt2.py?)" in warnings[1]
+    assert "sidecar" in warnings[2] and "unreadable" in warnings[2]
+
+
+def test_resume_auto_refuses_to_start_over_when_no_checkpoint_is_complete(data_root, tmp_path, capsys):
+    # an older train_gpt2.py wrote no sidecars: starting from step 0 would overwrite that run's log
+    fake_checkpoints(tmp_path, [4, 8])
+    for step in (4, 8):
+        damage(tmp_path / f"model_{step:05d}.pt", "no sidecar")
+    log_before = "0 train 10.9\n"
+    (tmp_path / "log.txt").write_text(log_before)
+    result = run_main_in_process(tiny(data_root, tmp_path, "--resume", "auto", "--device", "cpu"), capsys)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3 and lines[:2] == [
+        f"warning: skipping {tmp_path / f'model_{s:05d}.pt'}: it has no model_{s:05d}.pt.json (written by an older "
+        "train_gpt2.py?)" for s in (8, 4)]
+    assert lines[2] == (f"error: no checkpoint in {tmp_path}/ is complete (2 found, none whole); resume one with "
+                        "--resume PATH, or move them away to start over")
+    assert (tmp_path / "log.txt").read_text() == log_before
+
+
+def test_resume_of_a_given_path_whose_sidecar_disagrees_is_an_error_line(data_root, uninterrupted, tmp_path, capsys):
+    for name in ("model_00014.pt", "model_00014.pt.json"):
+        shutil.copy(uninterrupted[1] / name, tmp_path / name)
+    damage(tmp_path / "model_00014.pt", "bit flip")
+    path = str(tmp_path / "model_00014.pt")
+    line = assert_one_error_line(run_main_in_process(tiny(data_root, tmp_path / "log", "--resume", path), capsys))
+    assert line == f"error: --resume {path}: its sha256 differs from its sidecar's: it is corrupt"
+
+
+# -----------------------------------------------------------------------------
+# --keep-checkpoints and stale files
+
+
+def test_keep_checkpoints_removes_the_oldest_only_beyond_n_and_only_up_to_the_new_one(tmp_path):
+    fake_checkpoints(tmp_path, [2, 4, 6, 8])
+    train_gpt2.prune_checkpoints(str(tmp_path), 8, keep=3)
+    assert [s for s, _ in train_gpt2.list_checkpoints(str(tmp_path))] == [4, 6, 8]
+    assert sorted(os.listdir(tmp_path)) == [f"model_{s:05d}.pt{ext}" for s in (4, 6, 8) for ext in ("", ".json")]
+    # a run resumed from step 4 of a folder that holds a later branch: the new checkpoint at 6 is kept,
+    # and so is the other branch's 8, which is not this run's to judge
+    fake_checkpoints(tmp_path, [6])
+    train_gpt2.prune_checkpoints(str(tmp_path), 6, keep=1)
+    assert [s for s, _ in train_gpt2.list_checkpoints(str(tmp_path))] == [6, 8]
+    train_gpt2.prune_checkpoints(str(tmp_path), 8, keep=0)  # 0: keep all
+    assert [s for s, _ in train_gpt2.list_checkpoints(str(tmp_path))] == [6, 8]
+
+
+def test_keep_checkpoints_flag_keeps_that_many_in_a_run(uninterrupted, data_root, tmp_path):
+    stdout, log_dir = uninterrupted
+    assert sorted(os.listdir(log_dir)) == FINAL  # the default keeps 2 of the 8 written
+    assert stdout.count("saved ") == 8
+    run_ok(tiny(data_root, tmp_path, *FAULTY, "--max-steps", "5", "--eval-interval", "100", "--val-steps", "1",
+                "--checkpoint-interval", "1", "--keep-checkpoints", "3"))
+    assert [s for s, _ in train_gpt2.list_checkpoints(str(tmp_path))] == [3, 4, 5]
+
+
+def test_stale_files_of_killed_writes_are_removed_and_nothing_else(tmp_path):
+    fake_checkpoints(tmp_path, [4])
+    stale = ["model_00008.pt.tmp", "model_00008.pt.json", "model_00008.pt.json.tmp", "log.txt.tmp"]
+    kept = ["model_00004.pt", "model_00004.pt.json", "log.txt", "notes.json", "other.tmp"]
+    for name in stale + kept[2:]:
+        (tmp_path / name).write_text("x")
+    printed = []
+    train_gpt2.remove_stale_files(str(tmp_path), printed.append)
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)
+    assert len(printed) == len(stale)
+
+
+def test_log_txt_rewrite_drops_a_line_cut_short(tmp_path):
+    path = tmp_path / "log.txt"
+    path.write_text("0 val 10.9000\n0 train 10.912345\n1 train 10.8\n2 train 10.7")  # the disk filled mid-line
+    train_gpt2.RunLog(str(path), resume_step=3)
+    assert path.read_text() == "0 val 10.9000\n0 train 10.912345\n1 train 10.8\n"
+
+
+# -----------------------------------------------------------------------------
+# a full disk: RLIMIT_FSIZE makes any write past the limit fail with EFBIG, as a full disk fails with ENOSPC
+
+
+def limit_file_size(limit):
+    resource = pytest.importorskip("resource")  # POSIX only
+
+    def preexec():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+    return preexec
+
+
+def test_full_disk_while_writing_a_checkpoint_keeps_the_previous_one_and_says_so(data_root, uninterrupted, tmp_path):
+    _, uninterrupted_log_dir = uninterrupted
+    for name in ("log.txt", "model_00014.pt", "model_00014.pt.json"):
+        shutil.copy(uninterrupted_log_dir / name, tmp_path / name)
+    size = os.path.getsize(tmp_path / "model_00014.pt")  # ~40 MB
+    cmd = [sys.executable, SCRIPT, *tiny(data_root, tmp_path, *FAULTY, "--resume", "auto")]
+    result = subprocess.run(cmd, cwd=ROOT, env=env_for_runs(), capture_output=True, text=True, timeout=TIMEOUT,
+                            preexec_fn=limit_file_size(size // 2))
+    line = assert_one_error_line(result)
+    assert line == (f"error: cannot write the checkpoint {tmp_path / 'model_00016.pt'} (File too large: is the disk "
+                    f"full?); the previous checkpoint {tmp_path / 'model_00014.pt'} is intact: free some space, then "
+                    "continue with --resume auto")
+    assert sorted(os.listdir(tmp_path)) == ["log.txt", "model_00014.pt", "model_00014.pt.json"]  # no .tmp left
+    assert train_gpt2.checkpoint_problem(str(tmp_path / "model_00014.pt")) is None
+    # with room again, the run finishes as if nothing had happened
+    run_ok(tiny(data_root, tmp_path, *FAULTY, "--resume", "auto"))
+    assert_same_run(tmp_path, uninterrupted_log_dir)
+
+
+def test_full_disk_while_writing_a_shard_is_one_error_line_and_no_short_shard(tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": f"Short document number {i}, with a little text."}) + "\n"
+                            for i in range(300)))
+    cmd = [sys.executable, os.path.join(ROOT, "fineweb.py"), "--quiet", "--streaming", "--files", str(docs),
+           "--local-dir", str(tmp_path / "out"), "--shard-size", "2000", "--num-proc", "1"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "hf"))
+    # 2,000 tokens = 4,128 bytes a shard: the first one does not fit
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+                            preexec_fn=limit_file_size(3000))
+    assert result.returncode != 0
+    assert not any(name.endswith(".npy") for name in os.listdir(tmp_path / "out"))
+    assert_one_error_line(result)
