@@ -633,6 +633,9 @@ def train(args, preemption):
             break
 
     if world_size > 1:
+        # leave together: a rank that tears down while rank 0 still writes its checkpoint can lose the
+        # rendezvous store under it and abort at exit (seen with two nodes on loopback)
+        dist.barrier()
         dist.destroy_process_group()
 
 
