@@ -126,7 +126,7 @@ def tokenize_documents(documents, pool, window):
 # -----------------------------------------------------------------------------
 # atomic files
 
-def _fsync_dir(path):
+def fsync_dir(path):
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # Windows cannot open a directory; its renames are durable enough
@@ -150,7 +150,7 @@ def atomic_write(path, write):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 class _WriteOnly:

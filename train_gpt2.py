@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dataloaderlite import DataError, DataLoaderLite
+from fineweb import fsync_dir
 from gpt2_modules import GPT, MODEL_SIZES, GPTConfig, generate, load_checkpoint
 from gpt2_tokenizer import TokenizerUnavailable, get_encoding
 
@@ -338,17 +339,6 @@ class HashingWriter:
 
     def flush(self):
         self.f.flush()
-
-
-def fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # Windows cannot open a folder; its renames are durable enough
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(path, model, optimizer, step, loader_state, args):
