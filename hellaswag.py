@@ -207,7 +207,7 @@ def _block_size(model):
 _last_rendered = {}  # the last file's rendering: the training loop scores the same file every few hundred steps
 
 
-def _render_share(examples, block_size, rank, world_size):
+def render_share(examples, block_size, rank, world_size):
     """[(i, tokens, mask, label)] for the examples i with i % world_size == rank."""
     enc = get_encoding()
     if examples is None or isinstance(examples, (str, os.PathLike)):
@@ -216,7 +216,7 @@ def _render_share(examples, block_size, rank, world_size):
         key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size, block_size, rank, world_size)
         if key not in _last_rendered:
             _last_rendered.clear()
-            _last_rendered[key] = _render_share(iterate_examples(path=path), block_size, rank, world_size)
+            _last_rendered[key] = render_share(iterate_examples(path=path), block_size, rank, world_size)
         return _last_rendered[key]
     return [(i, *render_example(ex, enc, block_size)[1:]) for i, ex in enumerate(examples) if i % world_size == rank]
 
@@ -234,7 +234,7 @@ def score_examples(model, examples, device, batch_size=32, autocast_dtype=None, 
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    rendered = _render_share(examples, _block_size(model), rank, world_size)
+    rendered = render_share(examples, _block_size(model), rank, world_size)
     order = sorted(range(len(rendered)), key=lambda j: rendered[j][1].size(1)) if sort else range(len(rendered))
     order = list(order)
     device = torch.device(device)

@@ -253,7 +253,7 @@ def prepare_hellaswag(path, block_size, rank, world_size):
     file the model cannot score stops the run at startup rather than at its first evaluation."""
     import hellaswag
     try:
-        hellaswag._render_share(path, block_size, rank, world_size)
+        hellaswag.render_share(path, block_size, rank, world_size)
     except ValueError as e:
         raise ConfigError(f"HellaSwag {path}: {e}; pass another --hellaswag-file or --no-hellaswag") from e
 
