@@ -17,6 +17,7 @@ ending with the same bytes as an uninterrupted run.
 """
 
 import argparse
+import contextlib
 import glob
 import json
 import multiprocessing as mp
@@ -56,6 +57,23 @@ def _init_worker():
     # Ctrl-C reaches the whole process group; let only the parent handle it, so that an
     # interrupted run prints one line instead of one KeyboardInterrupt traceback per worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def worker_pool(processes, start_method=None):
+    """A Pool that ends with close() and join(), never terminate(), which is what `with Pool` does.
+
+    terminate() sends SIGTERM to workers wherever they are. A worker killed while it sends a result
+    keeps the result queue's lock for ever, and terminate() then waits on that lock for ever
+    (CPython issue #96995, still open; it hung our CI's Ctrl-C test about once in a hundred runs).
+    Joining instead costs at most the few tasks in flight (tokenize_documents' window).
+    """
+    pool = mp.get_context(start_method).Pool(processes, initializer=_init_worker)
+    try:
+        yield pool
+    finally:
+        pool.close()
+        pool.join()
 
 
 def encode_ordinary(enc, text):
@@ -322,7 +340,7 @@ def write_shards(documents, local_dir, shard_size=10**8, num_proc=None, *, confi
     if not writer.complete:
         # the workers start before the input is opened: forking a process after pyarrow has started
         # its reader threads is how fork-based pools deadlock, and the workers need none of it
-        with mp.get_context(start_method).Pool(num_proc, initializer=_init_worker) as pool:
+        with worker_pool(num_proc, start_method) as pool:
             texts = documents(start) if callable(documents) else _skip(documents, start)
             total = total_documents() if callable(total_documents) else total_documents
             docs_done = start

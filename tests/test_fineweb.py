@@ -1,6 +1,7 @@
 """fineweb.py: local files -> shards, atomic and resumable, with clear errors. Real datasets, tiktoken and files."""
 import glob
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -220,6 +221,25 @@ def interrupted(docs, stop):
         yield from docs[start:stop]
         raise KeyboardInterrupt
     return documents
+
+
+def test_an_interrupted_pool_finishes_its_tasks_in_flight_instead_of_killing_its_workers(tmp_path):
+    # `with Pool` ends in terminate(), whose SIGTERM can catch a worker holding the result queue's lock:
+    # terminate() then hangs for ever (CPython #96995; it hung CI once). worker_pool joins instead.
+    flag = tmp_path / "done"
+    with pytest.raises(KeyboardInterrupt):
+        with fineweb.worker_pool(1) as pool:
+            result = pool.apply_async(_sleep_then_touch, (0.5, str(flag)))
+            workers = multiprocessing.active_children()
+            raise KeyboardInterrupt
+    assert result.ready() and flag.exists()  # the task ran to its end: nobody was killed mid-task
+    assert workers and all(p.exitcode == 0 for p in workers)  # exited on their own, not by SIGTERM (-15)
+
+
+def _sleep_then_touch(seconds, path):
+    import time
+    time.sleep(seconds)
+    open(path, "w").close()
 
 
 @pytest.fixture
