@@ -15,6 +15,7 @@ import argparse
 import inspect
 import os
 import sys
+import zipfile
 from dataclasses import asdict, dataclass
 
 import torch
@@ -238,6 +239,9 @@ class GPT(nn.Module):
 
 def load_checkpoint(path, map_location="cpu"):
     """A training checkpoint as a dict; weights_only=True, so a checkpoint can never run code."""
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):  # torch.save has written zip archives since 1.6
+        raise ValueError(f"{path} is not a training checkpoint (not a torch.save archive: a text file, or cut short "
+                         "before its end)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a truncated zip, a pickle with foreign objects, a text file...

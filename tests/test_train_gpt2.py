@@ -27,7 +27,10 @@ TIMEOUT = 600  # seconds for one run: generous, a shared 2-core CI box can be sl
 # 0.1-0.3 s a step on a CPU: 3.3M parameters, almost all in the (padded GPT-2 vocab) x 64 embedding.
 # B*T = 128 tokens, 256 per step: 2 micro-steps in one process, 1 on each of 2 processes.
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "64", "--block-size", "64", "-B", "4", "-T", "32",
-        "--total-batch-size", "256", "--warmup-steps", "3", "--no-hellaswag", "--vocab-size", "50304"]
+        "--total-batch-size", "256", "--warmup-steps", "3", "--no-hellaswag", "--vocab-size", "50304",
+        # float32 and eager, whatever this CPU's default: the bit-for-bit comparisons are float32's, and
+        # compiling every run would cost ~30 s each (the demo test runs the default path)
+        "--dtype", "float32", "--no-compile"]
 # the run the resume, DDP, format and compile tests compare against: 12 steps, validation at
 # 0, 3, 6, 9 and 11, samples at 6 and 11, checkpoints after steps 4, 8 and 12 (all 3 kept: tests resume from each)
 REFERENCE = ["--max-steps", "12", "--eval-interval", "3", "--val-steps", "2", "--sample-interval", "6",
@@ -373,6 +376,45 @@ def test_compiled_run_trains_validates_and_samples_like_the_eager_run(data_root,
     assert len(re.findall(r"^rank 0 sample\d: Hello, I'm a language model,", result.stdout, flags=re.M)) == 4
     ckpt = load_checkpoint(str(tmp_path / "model_00003.pt"))
     assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])
+
+
+def cpuinfo_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return None
+
+
+def test_cpu_bf16_detection_agrees_with_the_kernels_cpuinfo():
+    flags = cpuinfo_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo flags (not Linux on x86)")
+    assert train_gpt2.cpu_has_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def test_have_cxx_compiler_looks_for_the_compiler_inductor_would_use(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-anywhere")
+    assert not train_gpt2.have_cxx_compiler()
+    monkeypatch.setenv("CXX", sys.executable)  # any program on disk counts as found
+    assert train_gpt2.have_cxx_compiler()
+
+
+@pytest.mark.parametrize("device,bf16,cxx,flags,expected", [
+    ("cuda", False, False, {}, ("bfloat16", True)),
+    ("mps", True, True, {}, ("float32", False)),
+    ("cpu", True, True, {}, ("bfloat16", True)),  # the fastest on our AVX512_BF16 CPU, as measured
+    ("cpu", True, False, {}, ("bfloat16", False)),  # no C++ compiler for inductor: eager
+    ("cpu", False, True, {}, ("float32", False)),  # bf16 would be emulated; compiled float32 gained nothing
+    ("cpu", False, True, {"dtype": "bfloat16"}, ("bfloat16", True)),
+    ("cpu", True, True, {"dtype": "float32"}, ("float32", False)),
+    ("cpu", True, True, {"compile": False}, ("bfloat16", False)),
+    ("cuda", False, False, {"dtype": "float32", "compile": False}, ("float32", False)),
+])
+def test_default_dtype_and_compile(monkeypatch, device, bf16, cxx, flags, expected):
+    monkeypatch.setattr(train_gpt2, "cpu_has_bf16", lambda: bf16)
+    monkeypatch.setattr(train_gpt2, "have_cxx_compiler", lambda: cxx)
+    assert train_gpt2.default_dtype_and_compile(device, **flags) == expected
 
 
 # -----------------------------------------------------------------------------
