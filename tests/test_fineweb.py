@@ -279,28 +279,41 @@ def test_resume_where_shards_end_exactly_at_document_ends(tmp_path, enc, one_doc
 
 
 @pytest.mark.slow
-def test_rerun_after_sigkill_matches_uninterrupted_run(tmp_path):
-    # a real SIGKILL of the whole process group (parent and workers) as soon as the first shard appears;
-    # ~150 shards of 200 tokens, each with its fsyncs, keep the run going long enough to be cut short
+def test_reruns_after_sigkills_at_five_random_moments_match_an_uninterrupted_run(tmp_path):
+    # real SIGKILLs of the whole process group (parent and workers), each at a seeded random moment:
+    # after a random number (1-30) of new shards has appeared, plus a random 0-20 ms, so that kills
+    # land while a shard or the manifest is being written as well as between them; ~290 shards of
+    # 200 tokens, each with its fsyncs, keep the runs going long enough for five cuts
+    import random
     import signal
     import time
-    files = write_input(tmp_path / "in", "jsonl", docs=DOCS * 15)
+    rng = random.Random(1337)
+    files = write_input(tmp_path / "in", "jsonl", docs=DOCS * 40)
     run_inprocess(files, tmp_path / "reference", tmp_path)
     want = file_bytes(tmp_path / "reference")
     out = tmp_path / "out"
     args = [sys.executable, os.path.join(ROOT, "fineweb.py"), "--quiet", "--files", *files, "--local-dir", str(out),
             "--shard-size", str(SHARD), "--num-proc", "2", "--cache-dir", str(tmp_path / "hf")]
-    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while not shard_files(out) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.001)
-    os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
-    assert not json.load(open(out / "manifest.json"))["complete"]
-    kept = shard_files(out)
-    assert 0 < len(kept) < len(want)
-    for path in kept:  # whatever was there at the kill is whole
-        assert open(path, "rb").read() == want[os.path.basename(path)]
+    kills = 0
+    for _ in range(5):
+        before = len(shard_files(out))
+        target = before + rng.randint(1, 30)
+        proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while len(shard_files(out)) < target and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0, 0.02))
+        if proc.poll() is not None:  # it finished first: nothing left to interrupt
+            break
+        os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+        kills += 1
+        kept = shard_files(out)
+        print(f"kill {kills}: {before} -> {len(kept)} shards (target {target})")
+        for path in kept:  # whatever was there at the kill is whole and final
+            assert open(path, "rb").read() == want[os.path.basename(path)]
+        assert not json.load(open(out / "manifest.json"))["complete"]
+    assert kills == 5 and 0 < len(shard_files(out)) < len(want)
     r = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert file_bytes(out) == want
