@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import sys
+import sysconfig
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -140,7 +141,7 @@ def parse_args(argv=None):
                         "(AVX512_BF16, AMX), float32 elsewhere")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: on for CUDA, and on CPU with bfloat16 where a C++ "
-                        "compiler is found; off elsewhere)")
+                        "compiler and Python's headers are found; off elsewhere)")
     g.add_argument("--seed", type=int, default=1337)
     return p.parse_args(argv)
 
@@ -207,7 +208,7 @@ def default_dtype_and_compile(device_type, dtype="auto", compile=None):
     if dtype == "auto":
         dtype = "bfloat16" if device_type == "cuda" or (device_type == "cpu" and cpu_has_bf16()) else "float32"
     if compile is None:
-        compile = device_type == "cuda" or (device_type == "cpu" and dtype == "bfloat16" and have_cxx_compiler())
+        compile = device_type == "cuda" or (device_type == "cpu" and dtype == "bfloat16" and can_compile_on_cpu())
     return dtype, compile
 
 
@@ -216,9 +217,17 @@ def cpu_has_bf16():
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
-def have_cxx_compiler():
-    # the compiler inductor looks for: $CXX, else g++ (clang++ on macOS)
-    return shutil.which(os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")) is not None
+def can_compile_on_cpu():
+    # inductor builds its CPU kernels as C++ Python extensions: it needs the compiler it looks for
+    # ($CXX, else g++; clang++ on macOS) and Python's headers (Debian/Ubuntu: python3-dev)
+    compiler = shutil.which(os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++"))
+    return compiler is not None and os.path.exists(os.path.join(sysconfig.get_path("include"), "Python.h"))
+
+
+def is_compile_failure(e):
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch._inductor.exc import InductorError
+    return isinstance(e, (BackendCompilerFailed, InductorError))
 
 
 def all_reduce_mean(t, world_size):
@@ -668,14 +677,22 @@ def main(argv=None):
     except (ValueError, TokenizerUnavailable, OSError) as e:
         # DataError, ConfigError, CheckpointError, the models' own checks; OSError: the environment (a log
         # folder this user may not write, a full disk while writing log.txt)
-        if int(os.environ.get("RANK", 0)) == 0:
-            message = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename else e
-            print(f"error: {message}", file=sys.stderr)
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        sys.exit(1)
+        fail(f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename else e)
+    except Exception as e:
+        if not is_compile_failure(e):
+            raise
+        fail(f"torch.compile failed on this machine ({str(e).strip().splitlines()[0]}); run with --no-compile "
+             "(on a CPU, compiling needs a C++ compiler and Python's headers)")
     finally:
         preemption.restore()
+
+
+def fail(message):
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"error: {message}", file=sys.stderr)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    sys.exit(1)
 
 
 if __name__ == "__main__":

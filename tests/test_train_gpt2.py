@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 
 import numpy as np
@@ -71,10 +72,10 @@ def tiny(data_root, log_dir, *extra):
     return [*TINY, "--data-root", data_root, "--log-dir", str(log_dir), *extra]
 
 
-def run_script(args, launcher=(), timeout=TIMEOUT):
+def run_script(args, launcher=(), timeout=TIMEOUT, env=None):
     """Run train_gpt2.py (under torchrun with `launcher` as its arguments); kill its process group on timeout."""
     cmd = [sys.executable, *(["-m", "torch.distributed.run", *launcher] if launcher else []), SCRIPT, *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env_for_runs(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**env_for_runs(), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -393,11 +394,20 @@ def test_cpu_bf16_detection_agrees_with_the_kernels_cpuinfo():
     assert train_gpt2.cpu_has_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
-def test_have_cxx_compiler_looks_for_the_compiler_inductor_would_use(monkeypatch):
+def test_compiling_on_cpu_needs_the_compiler_inductor_would_use_and_pythons_headers(monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-anywhere")
-    assert not train_gpt2.have_cxx_compiler()
+    assert not train_gpt2.can_compile_on_cpu()
     monkeypatch.setenv("CXX", sys.executable)  # any program on disk counts as found
-    assert train_gpt2.have_cxx_compiler()
+    headers = os.path.exists(os.path.join(sysconfig.get_path("include"), "Python.h"))
+    assert train_gpt2.can_compile_on_cpu() == headers
+
+
+def test_a_failing_compiler_is_one_error_line_that_suggests_no_compile(data_root, tmp_path):
+    # a compiler that exists but fails, as on a machine without Python's headers: not 100 lines of inductor
+    env = {"CXX": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    result = run_script(tiny(data_root, tmp_path, "--compile", "--max-steps", "1", "--device", "cpu"), env=env)
+    line = assert_one_error_line(result)
+    assert "torch.compile failed" in line and "--no-compile" in line and "C++ compiler" in line
 
 
 @pytest.mark.parametrize("device,bf16,cxx,flags,expected", [
@@ -413,7 +423,7 @@ def test_have_cxx_compiler_looks_for_the_compiler_inductor_would_use(monkeypatch
 ])
 def test_default_dtype_and_compile(monkeypatch, device, bf16, cxx, flags, expected):
     monkeypatch.setattr(train_gpt2, "cpu_has_bf16", lambda: bf16)
-    monkeypatch.setattr(train_gpt2, "have_cxx_compiler", lambda: cxx)
+    monkeypatch.setattr(train_gpt2, "can_compile_on_cpu", lambda: cxx)
     assert train_gpt2.default_dtype_and_compile(device, **flags) == expected
 
 
