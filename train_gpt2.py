@@ -526,6 +526,11 @@ class Preemption:
 
 def train(args, preemption):
     rank, local_rank, world_size, device = setup_distributed(args.device)
+    if world_size > 1 and hasattr(sys.stdout, "reconfigure"):
+        # whole lines: every rank writes to the same terminal or pipe, and when Python runs unbuffered
+        # (PYTHONUNBUFFERED=1 or -u, common so that logs appear at once) print() writes a line's end
+        # separately, so another rank's line could land in the middle of this one (it broke a DDP test)
+        sys.stdout.reconfigure(line_buffering=True, write_through=False)
     master = rank == 0
     print0 = print if master else (lambda *a, **k: None)
     device_type = device.split(":")[0]
@@ -689,7 +694,14 @@ def main(argv=None):
 
 def fail(message):
     if int(os.environ.get("RANK", 0)) == 0:
-        print(f"error: {message}", file=sys.stderr)
+        # in one write: torchrun logs to the same stderr as its workers, and print() sends the newline
+        # separately, so a line of torchrun's could land inside this one
+        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.flush()
+    else:
+        # rank 0 speaks for every rank, and torchrun stops all ranks as soon as one exits with an
+        # error: give rank 0 a moment to say it first
+        time.sleep(2)
     if dist.is_initialized():
         dist.destroy_process_group()
     sys.exit(1)
