@@ -75,8 +75,8 @@ def tiny(data_root, log_dir, *extra):
 def run_script(args, launcher=(), timeout=TIMEOUT, env=None):
     """Run train_gpt2.py (under torchrun with `launcher` as its arguments); kill its process group on timeout."""
     cmd = [sys.executable, *(["-m", "torch.distributed.run", *launcher] if launcher else []), SCRIPT, *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**env_for_runs(), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**env_for_runs(), **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
