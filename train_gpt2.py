@@ -526,11 +526,6 @@ class Preemption:
 
 def train(args, preemption):
     rank, local_rank, world_size, device = setup_distributed(args.device)
-    if world_size > 1 and hasattr(sys.stdout, "reconfigure"):
-        # whole lines: every rank writes to the same terminal or pipe, and when Python runs unbuffered
-        # (PYTHONUNBUFFERED=1 or -u, common so that logs appear at once) print() writes a line's end
-        # separately, so another rank's line could land in the middle of this one (it broke a DDP test)
-        sys.stdout.reconfigure(line_buffering=True, write_through=False)
     master = rank == 0
     print0 = print if master else (lambda *a, **k: None)
     device_type = device.split(":")[0]
@@ -675,9 +670,12 @@ def train(args, preemption):
 
 def main(argv=None):
     args = parse_args(argv)
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size > 1:
+        whole_lines()
     preemption = Preemption()  # from the start: a signal during setup stops the run after its first step
     try:
-        check_args(args, int(os.environ.get("WORLD_SIZE", 1)))
+        check_args(args, world_size)
         train(args, preemption)
     except (ValueError, TokenizerUnavailable, OSError) as e:
         # DataError, ConfigError, CheckpointError, the models' own checks; OSError: the environment (a log
@@ -692,12 +690,21 @@ def main(argv=None):
         preemption.restore()
 
 
+def whole_lines():
+    """One write() per printed line on stdout and stderr.
+
+    Every rank, and torchrun itself, writes to the same terminal or pipe; when Python runs unbuffered
+    (PYTHONUNBUFFERED=1 or -u, common so that logs appear at once) print() writes a line's end
+    separately, and another process's line could land in the middle of this one (it broke a DDP test).
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):  # a notebook's streams have no such method
+            stream.reconfigure(line_buffering=True, write_through=False)
+
+
 def fail(message):
     if int(os.environ.get("RANK", 0)) == 0:
-        # in one write: torchrun logs to the same stderr as its workers, and print() sends the newline
-        # separately, so a line of torchrun's could land inside this one
-        sys.stderr.write(f"error: {message}\n")
-        sys.stderr.flush()
+        print(f"error: {message}", file=sys.stderr)
     else:
         # rank 0 speaks for every rank, and torchrun stops all ranks as soon as one exits with an
         # error: give rank 0 a moment to say it first
