@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dataloaderlite import DataError, DataLoaderLite
 from fineweb import fsync_dir
-from gpt2_modules import GPT, MODEL_SIZES, GPTConfig, generate, load_checkpoint
+from gpt2_modules import AUTOCAST, GPT, MODEL_SIZES, GPTConfig, default_dtype, generate, load_checkpoint
 from gpt2_tokenizer import TokenizerUnavailable, get_encoding
 
 # -----------------------------------------------------------------------------
@@ -197,24 +197,17 @@ def setup_distributed(device_arg):
 def default_dtype_and_compile(device_type, dtype="auto", compile=None):
     """What --dtype auto and an unset --compile mean: the fastest faithful setting we measured.
 
-    CUDA: bf16 autocast and torch.compile, as in the lecture.
-    CPU: bf16 autocast where the CPU has bf16 dot products (AVX512_BF16, AMX); elsewhere bf16 is
-    emulated, so float32. With bf16, torch.compile too if inductor finds its C++ compiler: on our
-    2-core AVX512_BF16 CPU the demo's step took 1.35 s against 1.94 s for the lecture's CPU settings
-    (bf16 eager) and 2.10 s for float32 eager, after ~37 s of compiling (README, Performance).
-    Compiling float32 measured no faster than float32 eager, so it stays off there.
-    MPS: float32, eager.
+    dtype: gpt2_modules.default_dtype (bf16 on CUDA and on CPUs with bf16 dot products, else float32).
+    compile: on for CUDA, as in the lecture. On a CPU, with bf16 and where inductor finds its C++
+    compiler: on our 2-core AVX512_BF16 CPU the demo's step took 1.35 s against 1.94 s for the
+    lecture's CPU settings (bf16 eager) and 2.10 s for float32 eager, after ~37 s of compiling (README,
+    Performance). Compiling float32 measured no faster than float32 eager, so it stays off there.
+    MPS: eager.
     """
-    if dtype == "auto":
-        dtype = "bfloat16" if device_type == "cuda" or (device_type == "cpu" and cpu_has_bf16()) else "float32"
+    dtype = default_dtype(device_type, dtype)
     if compile is None:
         compile = device_type == "cuda" or (device_type == "cpu" and dtype == "bfloat16" and can_compile_on_cpu())
     return dtype, compile
-
-
-def cpu_has_bf16():
-    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}  # torch >= 2.9
-    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
 def can_compile_on_cpu():
@@ -530,8 +523,8 @@ def train(args, preemption):
     print0 = print if master else (lambda *a, **k: None)
     device_type = device.split(":")[0]
     dtype, use_compile = default_dtype_and_compile(device_type, args.dtype, args.compile)
-    autocast_dtype = torch.bfloat16 if dtype == "bfloat16" else None
-    autocast_ctx = torch.autocast(device_type=device_type, dtype=torch.bfloat16) if autocast_dtype else nullcontext()
+    autocast_dtype = AUTOCAST[dtype]
+    autocast_ctx = torch.autocast(device_type=device_type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     print0(f"using device: {device} x {world_size} process(es) | dtype {dtype} | compile {use_compile} | "
            f"torch {torch.__version__} | python {platform.python_version()} | {platform.node()}")
     print0("config: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))

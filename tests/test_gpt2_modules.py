@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gpt2_modules import MODEL_SIZES, GPT, GPTConfig, export_hf, generate, load_checkpoint
+import gpt2_modules
+from gpt2_modules import AUTOCAST, MODEL_SIZES, GPT, GPTConfig, default_dtype, export_hf, generate, load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "Hello, I'm a language model,"
@@ -142,8 +143,8 @@ def test_cli_sample_prints_seeded_samples_from_checkpoint(tmp_path, enc):
     assert first.stdout == second.stdout
     lines = first.stdout.strip().splitlines()
     assert len(lines) == 2
-    # the CLI prints exactly what generate() draws for the same seed
-    rows = generate(model, enc.encode(PROMPT), 12, 2, top_k=50, seed=7)
+    # the CLI prints exactly what generate() draws for the same seed, at --dtype auto's precision
+    rows = generate(model, enc.encode(PROMPT), 12, 2, top_k=50, seed=7, autocast_dtype=AUTOCAST[default_dtype("cpu")])
     for i, (line, row) in enumerate(zip(lines, rows)):
         assert line.startswith(f"sample {i}: {PROMPT}")
         assert line == f"sample {i}: {enc.decode([t for t in row if t < enc.n_vocab])}"
@@ -248,6 +249,36 @@ def test_fresh_model_loss_is_near_ln_vocab_size(vocab_size):
     with torch.no_grad():
         _, loss = model(idx[:, :-1], idx[:, 1:])
     assert abs(loss.item() - math.log(vocab_size)) < 0.2
+
+
+def test_logits_at_gives_the_picked_positions_of_the_full_logits():
+    torch.manual_seed(1337)
+    model = GPT(GPTConfig(vocab_size=512, **TINY)).eval()
+    idx = torch.randint(0, 512, (3, 20), generator=torch.Generator().manual_seed(0))
+    rows, cols = torch.tensor([0, 0, 2, 1, 2]), torch.tensor([19, 4, 0, 7, 4])
+    with torch.no_grad():
+        full, _ = model(idx)
+        picked, loss = model(idx, logits_at=(rows, cols))
+    assert picked.shape == (5, 512) and loss is None
+    torch.testing.assert_close(picked, full[rows, cols], rtol=0, atol=1e-5)
+    with torch.no_grad():
+        last, _ = model(idx, logits_at=(slice(None), -1))  # any index into (B, T): here the last position
+    torch.testing.assert_close(last, full[:, -1], rtol=0, atol=1e-5)
+
+
+def cpuinfo_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return None
+
+
+def test_cpu_bf16_detection_agrees_with_the_kernels_cpuinfo():
+    flags = cpuinfo_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo flags (not Linux on x86)")
+    assert gpt2_modules.cpu_has_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
 # -----------------------------------------------------------------------------

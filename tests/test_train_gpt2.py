@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import gpt2_modules
 import train_gpt2
 from gpt2_modules import load_checkpoint
 from gpt2_tokenizer import EOT
@@ -379,21 +380,6 @@ def test_compiled_run_trains_validates_and_samples_like_the_eager_run(data_root,
     assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])
 
 
-def cpuinfo_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
-    except OSError:
-        return None
-
-
-def test_cpu_bf16_detection_agrees_with_the_kernels_cpuinfo():
-    flags = cpuinfo_flags()
-    if flags is None:
-        pytest.skip("no /proc/cpuinfo flags (not Linux on x86)")
-    assert train_gpt2.cpu_has_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
-
-
 def test_compiling_on_cpu_needs_the_compiler_inductor_would_use_and_pythons_headers(monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-anywhere")
     assert not train_gpt2.can_compile_on_cpu()
@@ -422,7 +408,7 @@ def test_a_failing_compiler_is_one_error_line_that_suggests_no_compile(data_root
     ("cuda", False, False, {"dtype": "float32", "compile": False}, ("float32", False)),
 ])
 def test_default_dtype_and_compile(monkeypatch, device, bf16, cxx, flags, expected):
-    monkeypatch.setattr(train_gpt2, "cpu_has_bf16", lambda: bf16)
+    monkeypatch.setattr(gpt2_modules, "cpu_has_bf16", lambda: bf16)
     monkeypatch.setattr(train_gpt2, "can_compile_on_cpu", lambda: cxx)
     assert train_gpt2.default_dtype_and_compile(device, **flags) == expected
 
