@@ -207,6 +207,28 @@ def test_a_files_rendering_is_reused_until_the_file_changes(tmp_path, model, mon
     assert hellaswag.evaluate(model, path, "cpu")[2] == 6
 
 
+def test_bench_times_the_lectures_scheme_and_ours_with_the_same_predictions(tmp_path, model, one_at_a_time):
+    # benchmarks/hellaswag_bench.py re-implements the lecture's scoring as its baseline: it must agree
+    # with hellaswag.py example by example, or its speedups would compare different answers
+    torch.save({"model": model.state_dict(), "config": dataclasses.asdict(model.config)}, tmp_path / "m.pt")
+    results = tmp_path / "results.jsonl"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "hellaswag_bench.py"),
+           "--init-from", str(tmp_path / "m.pt"), "--file", write_jsonl(tmp_path / "val.jsonl", written_examples()), "--device", "cpu", "--dtype", "float32",
+           "--batch-size", "4,8", "--warmup", "2", "--results", str(results)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert [line.split()[0] for line in out.stdout.splitlines()[-4:]] == ["lecture,", "1", "4", "8"]
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["batch_size"] for r in records] == [4, 8]
+    norm, plain, total = expected_counts(one_at_a_time)
+    for r in records:
+        assert r["examples"] == total and r["dtype"] == "float32"
+        assert (r["acc_norm_lecture"], r["acc_lecture"]) == (norm, plain)
+        assert (r["acc_norm_batched"], r["acc_batched"]) == (norm, plain)
+        assert r["changed_predictions_vs_lecture"] == 0 and r["max_abs_diff_avg_loss_vs_lecture"] < 1e-4
+        assert r["speedup_vs_lecture"] == pytest.approx(r["lecture_s"] / r["batched_s"], rel=0.05)
+
+
 def test_format_accuracy_is_the_lectures_line():
     assert hellaswag.format_accuracy(2523, 10042) == "HellaSwag accuracy: 2523/10042=0.2512"
 
