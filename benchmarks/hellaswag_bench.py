@@ -174,5 +174,6 @@ def main(argv=None):
         with open(args.results, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+
 if __name__ == "__main__":
     main()

@@ -213,8 +213,8 @@ def test_bench_times_the_lectures_scheme_and_ours_with_the_same_predictions(tmp_
     torch.save({"model": model.state_dict(), "config": dataclasses.asdict(model.config)}, tmp_path / "m.pt")
     results = tmp_path / "results.jsonl"
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "hellaswag_bench.py"),
-           "--init-from", str(tmp_path / "m.pt"), "--file", write_jsonl(tmp_path / "val.jsonl", written_examples()), "--device", "cpu", "--dtype", "float32",
-           "--batch-size", "4,8", "--warmup", "2", "--results", str(results)]
+           "--init-from", str(tmp_path / "m.pt"), "--file", write_jsonl(tmp_path / "val.jsonl", written_examples()),
+           "--device", "cpu", "--dtype", "float32", "--batch-size", "4,8", "--warmup", "2", "--results", str(results)]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert [line.split()[0] for line in out.stdout.splitlines()[-4:]] == ["lecture,", "1", "4", "8"]
