@@ -327,6 +327,12 @@ def cpu_has_bf16():
 AUTOCAST = {"bfloat16": torch.bfloat16, "float32": None}
 
 
+def autocast(device_type, autocast_dtype):
+    """torch.autocast to autocast_dtype (an AUTOCAST value); for None, a disabled one (plain float32)."""
+    return torch.autocast(device_type=device_type, dtype=autocast_dtype or torch.float32,
+                          enabled=autocast_dtype is not None)
+
+
 # -----------------------------------------------------------------------------
 # sampling
 
@@ -344,8 +350,7 @@ def generate(model, tokens, max_length, num_return_sequences=1, top_k=50, seed=4
     rng.manual_seed(seed)
     while x.size(1) < max_length:
         context = x if block_size is None else x[:, -block_size:]
-        with torch.autocast(device_type=device.type, dtype=autocast_dtype or torch.float32,
-                            enabled=autocast_dtype is not None):
+        with autocast(device.type, autocast_dtype):
             logits, _ = model(context)
         probs = F.softmax(logits[:, -1, :].float(), dim=-1)
         topk_probs, topk_indices = torch.topk(probs, top_k, dim=-1)

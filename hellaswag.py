@@ -41,6 +41,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from gpt2_modules import AUTOCAST, GPT, autocast, default_dtype
 from gpt2_tokenizer import TokenizerUnavailable, get_encoding
 
 # -----------------------------------------------------------------------------
@@ -192,8 +193,7 @@ def score_rows(model, tokens, mask, autocast_dtype=None):
     # A mask on the CPU gives these indices without waiting for the device.
     rows, cols = mask[:, 1:].bool().nonzero(as_tuple=True)
     rows, cols = rows.to(device, non_blocking=True), cols.to(device, non_blocking=True)
-    with torch.autocast(device_type=device.type, dtype=autocast_dtype or torch.float32,
-                        enabled=autocast_dtype is not None):
+    with autocast(device.type, autocast_dtype):
         logits, _ = model(tokens, logits_at=(rows, cols))  # (number of ending tokens, vocab)
     losses = F.cross_entropy(logits.float(), tokens[rows, cols + 1], reduction="none")
     return torch.zeros(tokens.size(0), device=device).index_add_(0, rows, losses)
@@ -309,7 +309,6 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=None, help="score only the first N examples")
     args = parser.parse_args(argv)
 
-    from gpt2_modules import AUTOCAST, GPT, default_dtype
     try:
         if args.limit is not None and args.limit <= 0:
             raise ValueError(f"--limit must be positive, got {args.limit}")

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hellaswag  # noqa: E402
-from gpt2_modules import AUTOCAST, GPT, MODEL_SIZES, GPTConfig, default_dtype  # noqa: E402
+from gpt2_modules import AUTOCAST, GPT, MODEL_SIZES, GPTConfig, autocast, default_dtype  # noqa: E402
 from gpt2_tokenizer import TokenizerUnavailable  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.jsonl")
@@ -112,7 +112,7 @@ def main(argv=None):
         for ex in items:
             _, tokens, mask, _ = hellaswag.render_example(ex, enc, c.block_size)
             tokens, mask = tokens.to(device), mask.to(device)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with autocast(device.type, dtype):
                 logits, _ = model(tokens)
             losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none")
             losses = losses.view(4, -1) * mask[:, 1:]
