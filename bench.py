@@ -27,10 +27,10 @@ to --results as soon as it finishes, so a run cut short keeps what it measured.
 
 Measured so far (benchmarks/results.jsonl), n_layer 4, n_head 4, n_embd 256, B=8, T=256 on the 2-core
 AMD EPYC (Zen 4, AVX-512 BF16, no AMX) this repo is developed on, a machine shared with other work:
-the lecture's settings (bf16 autocast, eager) ~1,500 tok/s; --compile 1.32-1.37x (median of a quiet
-run, and the fastest step of two noisy ones); float32 0.72-0.79x; the chunked loss alone 0.80x (it
-halves the memory); fused AdamW ~1.0x. While another process held one core, one thread beat two (1.5x
-by the fastest step). On one H100 (torch 2.11, gpt2 124M, B=64, T=1024, 262,144 tokens a step): the
+the lecture's settings (bf16 autocast, eager) ~1,500 tok/s; on a quiet machine (medians) --compile
+1.37x and float32 0.79x. Two runs on a loaded machine (best of 3 rounds) spread widely: --compile 1.24x
+and 1.55x, the chunked loss alone 0.84x and 0.89x (it halves the memory), fused AdamW 1.17x and 1.15x;
+one thread instead of two 0.64x in one run and 2.12x in the other, where other processes held the cores. On one H100 (torch 2.11, gpt2 124M, B=64, T=1024, 262,144 tokens a step): the
 lecture's settings 476,500 tok/s = 41.2% MFU, 44.3 GB, 34 s to the first step; SDPA already picks cuDNN
 there (cudnn = 1.000x); chunked-ce 0.963x at 27.4 GB; best 0.972x; best-b128 0.994x at 49.8 GB.
 """
@@ -38,7 +38,6 @@ there (cudnn = 1.000x); chunked-ce 0.963x at 27.4 GB; best 0.972x; best-b128 0.9
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import resource
@@ -54,6 +53,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from gpt2_modules import GPT, MODEL_SIZES, GPTConfig
+from train_gpt2 import get_lr  # the schedule, recomputed per step as in training
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -175,14 +175,6 @@ def flops_per_token(model, seq_len):
     """6N + 12*L*H*Q*T with N the non-embedding parameters (see the module docstring)."""
     c = model.config
     return 6 * model.num_params(non_embedding=True) + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * seq_len
-
-
-def get_lr(step, max_lr=6e-4, min_lr=6e-5, warmup_steps=715, max_steps=19073):
-    # the lecture's schedule, recomputed per step as in training (importing train_gpt2 would pull in its data stack)
-    if step < warmup_steps:
-        return max_lr * (step + 1) / warmup_steps
-    ratio = min(1.0, (step - warmup_steps) / (max_steps - warmup_steps))
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (max_lr - min_lr)
 
 
 # -----------------------------------------------------------------------------

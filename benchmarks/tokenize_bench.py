@@ -3,7 +3,8 @@ Tokenization throughput: fineweb.py's pipeline against the lecture's scheme, on 
 
 The lecture tokenizes with Pool(os.cpu_count() // 2).imap(tokenize, dataset, chunksize=16), one
 document per call to encode_ordinary, one small uint16 array per document sent back to the parent.
-fineweb.py sends ~1 MB of text per task to os.cpu_count() workers and gets one array back per task.
+fineweb.py sends ~1 MB of text per task to one worker per usable core (fineweb.available_cpus(): a
+taskset allows fewer than os.cpu_count(); the lecture's pool is sized from the usable cores here too) and gets one array back per task.
 Both read the same cached Arrow dataset through HF datasets and write shards of the same size;
 the bench checks that they produce the same tokens, then reports tokens/s of each and the ratio.
 
