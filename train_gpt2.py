@@ -59,8 +59,8 @@ def get_lr(step, max_lr=6e-4, min_lr=6e-5, warmup_steps=715, max_steps=19073):
 
 
 def format_step(step, loss, lr, norm, dt_ms, tokens_per_sec):
-    return (f"step {step:4d} | loss: {loss:.6f} | lr: {lr:.4e} | norm: {norm:.4f} | "
-            f"dt: {dt_ms:.2f} | tok/sec: {tokens_per_sec:.2f}")
+    return (f"step {step:5d} | loss: {loss:.6f} | lr {lr:.4e} | norm: {norm:.4f} | "
+            f"dt: {dt_ms:.2f}ms | tok/sec: {tokens_per_sec:.2f}")
 
 
 LOG_FORMATS = {"train": "{step} train {value:.6f}", "val": "{step} val {value:.4f}", "hella": "{step} hella {value:.4f}"}
@@ -114,7 +114,8 @@ def parse_args(argv=None):
     g.add_argument("--total-batch-size", type=int, default=524288,
                    help="tokens per optimizer step: 2**19 ~ 0.5M, GPT-3 small's batch; reached by gradient accumulation")
     g.add_argument("--max-lr", type=float, default=6e-4, help="peak learning rate (GPT-3 small)")
-    g.add_argument("--min-lr", type=float, default=6e-5, help="final learning rate (10%% of the peak)")
+    g.add_argument("--min-lr", type=float, default=None,
+                   help="final learning rate (default: 10%% of --max-lr, as the lecture's max_lr * 0.1; 6e-5)")
     g.add_argument("--warmup-steps", type=int, default=715, help="375M tokens of linear warmup, as GPT-3")
     g.add_argument("--max-steps", type=int, default=19073, help="19,073 x 0.5M tokens = 10B tokens, one epoch")
     g.add_argument("--weight-decay", type=float, default=0.1)
@@ -151,7 +152,9 @@ class ConfigError(ValueError):
 
 
 def check_args(args, world_size):
-    """Fail on a bad combination before any process group or model exists."""
+    """Fail on a bad combination before any process group or model exists; fill in derived defaults."""
+    if args.min_lr is None:
+        args.min_lr = args.max_lr * 0.1  # GPT-3 decays to 10% of the peak, whatever the peak
     for name in ("batch_size", "seq_len", "total_batch_size", "max_steps", "warmup_steps", "eval_interval",
                  "val_steps", "sample_interval", "checkpoint_interval", "vocab_size"):
         if getattr(args, name) <= 0:
@@ -295,7 +298,7 @@ def print_samples(model, enc, rank, autocast_dtype, num=4, length=32, prompt="He
     rows = generate(model, enc.encode(prompt), length, num, seed=42 + rank, autocast_dtype=autocast_dtype)
     for i, row in enumerate(rows):
         # a model with a padded vocab can (rarely, early on) sample an id the tokenizer lacks
-        print(f"rank {rank} sample{i}: {enc.decode([t for t in row if t < enc.n_vocab])}", flush=True)
+        print(f"rank {rank} sample {i}: {enc.decode([t for t in row if t < enc.n_vocab])}", flush=True)
 
 
 # -----------------------------------------------------------------------------
@@ -595,7 +598,7 @@ def train(args, preemption):
         if step % args.eval_interval == 0 or last_step:
             model.eval()
             val_loss = evaluate_val(model, val_loader, args.val_steps, device, autocast_ctx, world_size)
-            print0(f"Validation loss {val_loss:.4f}")
+            print0(f"validation loss: {val_loss:.4f}")
             if master:
                 log.write(step, "val", val_loss)
             if hellaswag_path:

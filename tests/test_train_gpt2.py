@@ -38,8 +38,8 @@ TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "64", "--block-size", "64
 REFERENCE = ["--max-steps", "12", "--eval-interval", "3", "--val-steps", "2", "--sample-interval", "6",
              "--checkpoint-interval", "4", "--keep-checkpoints", "3", "--device", "cpu"]
 
-STEP_LINE = re.compile(r"^step +(\d+) \| loss: (\d+\.\d{6}) \| lr: (\d\.\d{4}e[-+]\d{2}) \| norm: (\d+\.\d{4}) \| "
-                       r"dt: \d+\.\d{2} \| tok/sec: \d+\.\d{2}$")
+STEP_LINE = re.compile(r"^step +(\d+) \| loss: (\d+\.\d{6}) \| lr (\d\.\d{4}e[-+]\d{2}) \| norm: (\d+\.\d{4}) \| "
+                       r"dt: \d+\.\d{2}ms \| tok/sec: \d+\.\d{2}$")
 
 
 # -----------------------------------------------------------------------------
@@ -159,16 +159,25 @@ def test_lr_schedule_uses_the_arguments_it_is_given():
     assert train_gpt2.get_lr(12, 6e-4, 6e-5, 3, 12) == pytest.approx(6e-5, rel=1e-12)
 
 
+@pytest.mark.parametrize("flags, min_lr", [([], 6e-5), (["--max-lr", "1.8e-3"], 1.8e-4),
+                                           (["--max-lr", "1.8e-3", "--min-lr", "0"], 0.0)])
+def test_min_lr_defaults_to_a_tenth_of_max_lr_as_in_the_lecture(flags, min_lr):
+    args = train_gpt2.parse_args(flags)
+    train_gpt2.check_args(args, world_size=1)
+    assert args.min_lr == pytest.approx(min_lr, rel=1e-12, abs=0)
+
+
 # -----------------------------------------------------------------------------
 # console and log formats (the lecture's; the notebook and the plot parse them)
 
 
 def test_format_step_reproduces_the_lectures_step_line():
     line = train_gpt2.format_step(0, 10.955009, 1.2e-05, 15.9685, 12701.84, 41276.54)
-    assert line == "step    0 | loss: 10.955009 | lr: 1.2000e-05 | norm: 15.9685 | dt: 12701.84 | tok/sec: 41276.54"
+    # build-nanogpt's print, character for character
+    assert line == "step     0 | loss: 10.955009 | lr 1.2000e-05 | norm: 15.9685 | dt: 12701.84ms | tok/sec: 41276.54"
     assert STEP_LINE.match(line)
     line = train_gpt2.format_step(19072, 3.0712, 6e-5, 0.25, 330.1, 1588123.456)
-    assert line.startswith("step 19072 | loss: 3.071200 | lr: 6.0000e-05 | norm: 0.2500 |")
+    assert line.startswith("step 19072 | loss: 3.071200 | lr 6.0000e-05 | norm: 0.2500 | dt: 330.10ms |")
 
 
 def test_console_prints_the_lectures_lines(reference):
@@ -185,12 +194,12 @@ def test_console_prints_the_lectures_lines(reference):
     steps = [line for line in lines if line.startswith("step ")]
     assert len(steps) == 12 and all(STEP_LINE.match(line) for line in steps), steps
     assert [int(STEP_LINE.match(line)[1]) for line in steps] == list(range(12))
-    vals = [line for line in lines if line.startswith("Validation loss")]
-    assert len(vals) == 5 and all(re.fullmatch(r"Validation loss \d+\.\d{4}", line) for line in vals), vals
+    vals = [line for line in lines if line.startswith("validation loss: ")]
+    assert len(vals) == 5 and all(re.fullmatch(r"validation loss: \d+\.\d{4}", line) for line in vals), vals
     # samples (4 per sampling, at steps 6 and 11; never at step 0); a sample's text may hold newlines
-    samples = re.findall(r"^rank (\d+) sample(\d+): Hello, I'm a language model,", stdout, flags=re.M)
+    samples = re.findall(r"^rank (\d+) sample (\d+): Hello, I'm a language model,", stdout, flags=re.M)
     assert samples == [("0", str(i)) for i in range(4)] * 2
-    assert stdout.index("rank 0 sample0") > stdout.index("step    5 |")
+    assert stdout.index("rank 0 sample 0: ") > stdout.index("step     5 |")
 
 
 def test_log_txt_has_train_and_val_lines_in_the_plotting_format(reference):
@@ -261,7 +270,7 @@ def test_ddp_two_processes_match_one_process_with_gradient_accumulation(data_roo
     assert "using device: cpu x 2 process(es)" in result.stdout
     assert_same_losses_as_reference(tmp_path, reference_log_dir)
     # every rank prints its own samples
-    assert len(re.findall(r"^rank 1 sample\d: ", result.stdout, flags=re.M)) == 8
+    assert len(re.findall(r"^rank 1 sample \d: ", result.stdout, flags=re.M)) == 8
 
 
 @pytest.mark.slow
@@ -349,8 +358,8 @@ def test_resume_from_a_checkpoint_path_matches_uninterrupted_run(data_root, refe
     assert sorted(resumed) == list(range(4, 12))
     assert resumed == {s: expected[s] for s in resumed}
     # the samples at steps 6 and 11 are the same text as well
-    samples = re.findall(r"^rank 0 sample\d: .*$", result.stdout, flags=re.M)
-    assert samples == re.findall(r"^rank 0 sample\d: .*$", reference_stdout, flags=re.M)
+    samples = re.findall(r"^rank 0 sample \d: .*$", result.stdout, flags=re.M)
+    assert samples == re.findall(r"^rank 0 sample \d: .*$", reference_stdout, flags=re.M)
 
 
 # which checkpoint --resume auto picks (the newest complete one): tests/test_fault_tolerance.py
@@ -375,7 +384,7 @@ def test_compiled_run_trains_validates_and_samples_like_the_eager_run(data_root,
     assert sorted(val) == [0, 2]
     assert abs(val[0] - logged(reference_log_dir, "val")[0]) <= 1.5e-4
     assert math.isfinite(val[2]) and val[2] < val[0]
-    assert len(re.findall(r"^rank 0 sample\d: Hello, I'm a language model,", result.stdout, flags=re.M)) == 4
+    assert len(re.findall(r"^rank 0 sample \d: Hello, I'm a language model,", result.stdout, flags=re.M)) == 4
     ckpt = load_checkpoint(str(tmp_path / "model_00003.pt"))
     assert not any(k.startswith("_orig_mod.") for k in ckpt["model"])
 
