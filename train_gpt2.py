@@ -166,6 +166,10 @@ def check_args(args, world_size):
         raise ConfigError(f"--keep-checkpoints must be 0 (keep all) or more, got {args.keep_checkpoints}")
     if not (args.max_lr > 0 and 0 <= args.min_lr <= args.max_lr):
         raise ConfigError(f"need 0 <= --min-lr <= --max-lr and --max-lr > 0, got {args.min_lr} and {args.max_lr}")
+    if not args.grad_clip > 0:  # 0 would zero every gradient, a negative value reverse them
+        raise ConfigError(f"--grad-clip must be positive, got {args.grad_clip}")
+    if not args.weight_decay >= 0:
+        raise ConfigError(f"--weight-decay must be 0 or more, got {args.weight_decay}")
     span = args.batch_size * args.seq_len * world_size
     if args.total_batch_size % span:
         lo = args.total_batch_size // span * span
@@ -232,6 +236,13 @@ def all_reduce_mean(t, world_size):
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         t /= world_size
     return t
+
+
+def check_finite(what, value, step, log_dir):
+    """Stop before a diverged run writes a checkpoint: the newest one on disk stays the last good state."""
+    if not math.isfinite(value):
+        raise ConfigError(f"the {what} became {value} at step {step}; stopping without a checkpoint "
+                          f"(the last good one is the newest in {log_dir}/; try a lower --max-lr)")
 
 
 def synchronize(device):
@@ -438,6 +449,11 @@ def checkpoint_problem(path, need_sidecar=True):
 def find_resume_checkpoint(resume, log_dir, warn=print):
     """The checkpoint to resume from: None, the newest complete one in log_dir ('auto'), or the path given."""
     if resume == "none":
+        # starting over would rewrite log.txt, and a later --resume auto would pick the old run's newer checkpoints
+        if found := list_checkpoints(log_dir):
+            raise CheckpointError(f"{log_dir}/ already holds a run's checkpoints (newest: "
+                                  f"{os.path.basename(found[-1][1])}); continue it with --resume auto, or start a new "
+                                  "run in another --log-dir (or move them away)")
         return None
     if resume == "auto":
         found = list_checkpoints(log_dir)
@@ -465,9 +481,13 @@ def prune_checkpoints(log_dir, newest_step, keep):
         return
     older = [path for step, path in list_checkpoints(log_dir) if step < newest_step]
     for path in older[:max(len(older) - (keep - 1), 0)]:
-        for p in (path, sidecar_path(path)):  # the checkpoint first: none is ever left without its sidecar
-            if os.path.exists(p):
-                os.remove(p)
+        remove_checkpoint(path)
+
+
+def remove_checkpoint(path):
+    for p in (path, sidecar_path(path)):  # the checkpoint first: none is ever left without its sidecar
+        if os.path.exists(p):
+            os.remove(p)
 
 
 def remove_stale_files(log_dir, print0):
@@ -484,16 +504,19 @@ def remove_stale_files(log_dir, print0):
 
 # -----------------------------------------------------------------------------
 # preemption: SLURM and cloud schedulers send SIGTERM, then SIGKILL after a grace period (torchrun passes
-# SIGTERM on to its workers); SIGUSR1 is SLURM's usual early warning (`#SBATCH --signal=USR1@120`)
+# SIGTERM on to its workers); SIGUSR1 is SLURM's usual early warning (`#SBATCH --signal=USR1@120`).
+# Ctrl-C (SIGINT) stops the same way, so that it does not lose the steps since the last checkpoint;
+# a second Ctrl-C quits at once.
 
 
 class Preemption:
-    """Notes SIGTERM/SIGUSR1; the loop asks at the end of each step and stops there with a checkpoint."""
+    """Notes SIGTERM/SIGUSR1/SIGINT; the loop asks at the end of each step and stops there with a checkpoint."""
 
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name))
 
     def __init__(self):
         self.received = 0  # the number of the last signal received, 0 if none
+        self.first_ctrl_c = None  # when the first SIGINT came (time.monotonic())
         self.previous = {}
         try:
             self.previous = {s: signal.signal(s, self._note) for s in self.SIGNALS}
@@ -501,6 +524,15 @@ class Preemption:
             pass
 
     def _note(self, signum, frame):
+        if signum == signal.SIGINT:
+            # under torchrun a worker gets Ctrl-C twice at once (from the terminal, and passed on by torchrun):
+            # only one a second or more after the first is the user's second
+            if self.first_ctrl_c is not None and time.monotonic() - self.first_ctrl_c >= 1:
+                raise KeyboardInterrupt
+            if self.first_ctrl_c is None and int(os.environ.get("RANK", 0)) == 0:
+                # os.write, not print: a handler can run in the middle of a print to the same stream
+                os.write(2, b"Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again to quit at once)\n")
+            self.first_ctrl_c = self.first_ctrl_c or time.monotonic()
         self.received = signum
 
     def agreed(self, device, world_size):
@@ -531,6 +563,8 @@ def train(args, preemption):
     print0(f"using device: {device} x {world_size} process(es) | dtype {dtype} | compile {use_compile} | "
            f"torch {torch.__version__} | python {platform.python_version()} | {platform.node()}")
     print0("config: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
+    # before anything slow: which checkpoint this run continues, if any (or why it may not start)
+    resume_path = find_resume_checkpoint(args.resume, args.log_dir, warn=lambda m: print0(m, file=sys.stderr))
 
     torch.manual_seed(args.seed)
     if torch.cuda.is_available():
@@ -562,7 +596,6 @@ def train(args, preemption):
                                            device_type=device_type, verbose=master)
 
     start_step = 0
-    resume_path = find_resume_checkpoint(args.resume, args.log_dir, warn=lambda m: print0(m, file=sys.stderr))
     if resume_path:
         ckpt = load_checkpoint(resume_path, map_location=device)
         if ckpt["config"] != asdict(model.config):
@@ -574,6 +607,9 @@ def train(args, preemption):
         set_rng_state(ckpt["rng"])
         start_step = ckpt["step"]
         print0(f"resumed from {resume_path} at step {start_step}")
+        if start_step >= args.max_steps:
+            print0(f"nothing to train: the checkpoint is at step {start_step} and --max-steps is {args.max_steps} "
+                   "(a larger --max-steps trains on, with the schedule stretched to it)")
     elif args.resume == "auto":
         print0(f"no checkpoint in {args.log_dir}/ yet: starting from step 0")
 
@@ -599,6 +635,7 @@ def train(args, preemption):
             model.eval()
             val_loss = evaluate_val(model, val_loader, args.val_steps, device, autocast_ctx, world_size)
             print0(f"validation loss: {val_loss:.4f}")
+            check_finite("validation loss", val_loss, step, args.log_dir)
             if master:
                 log.write(step, "val", val_loss)
             if hellaswag_path:
@@ -635,12 +672,12 @@ def train(args, preemption):
         optimizer.step()
         synchronize(device)  # wait for the GPU before reading the clock
         dt = time.time() - t0
-        loss_value = loss_accum.item()
-        if not math.isfinite(loss_value):
-            raise ConfigError(f"the loss became {loss_value} at step {step}; stopping without a checkpoint "
-                              f"(the last good one is the newest in {args.log_dir}/; try a lower --max-lr)")
+        loss_value, norm_value = loss_accum.item(), norm.item()
+        # a non-finite gradient norm means this update wrote NaNs into the weights, even with a finite loss
+        check_finite("loss", loss_value, step, args.log_dir)
+        check_finite("gradient norm", norm_value, step, args.log_dir)
         tokens_per_sec = B * T * grad_accum_steps * world_size / dt
-        print0(format_step(step, loss_value, lr, norm.item(), dt * 1000, tokens_per_sec), flush=True)
+        print0(format_step(step, loss_value, lr, norm_value, dt * 1000, tokens_per_sec), flush=True)
         if master:
             log.write(step, "train", loss_value)
 
@@ -673,6 +710,8 @@ def main(argv=None):
     try:
         check_args(args, world_size)
         train(args, preemption)
+    except KeyboardInterrupt:  # the second Ctrl-C
+        fail(f"interrupted; --resume auto continues from the newest complete checkpoint in {args.log_dir}/", code=130)
     except (ValueError, TokenizerUnavailable, OSError) as e:
         # DataError, ConfigError, CheckpointError, the models' own checks; OSError: the environment (a log
         # folder this user may not write, a full disk while writing log.txt)
@@ -698,7 +737,7 @@ def whole_lines():
             stream.reconfigure(line_buffering=True, write_through=False)
 
 
-def fail(message):
+def fail(message, code=1):
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"error: {message}", file=sys.stderr)
     else:
@@ -707,7 +746,7 @@ def fail(message):
         time.sleep(2)
     if dist.is_initialized():
         dist.destroy_process_group()
-    sys.exit(1)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -193,6 +193,59 @@ def test_stop_after_then_sigterm_then_resume_auto_matches_uninterrupted_run(data
     assert sorted(os.listdir(tmp_path)) == sorted(FINAL + ["preempted.out"])
 
 
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_a_second_quits_at_once(data_root, uninterrupted,
+                                                                                    tmp_path):
+    _, uninterrupted_log_dir = uninterrupted
+    args = tiny(data_root, tmp_path, *FAULTY, "--resume", "auto")
+    # one Ctrl-C: the step ends, a checkpoint is written, exit 0, and --resume auto continues as if nothing happened
+    run = Background(args, tmp_path / "ctrl_c.out")
+    run.wait_for_line(step_line(2), "step 2")
+    os.kill(run.proc.pid, signal.SIGINT)
+    assert run.wait() == 0, run.output()[-3000:]
+    last = max(logged(tmp_path, "train"))
+    out = run.output()
+    assert "Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again to quit at once)" in out
+    assert "Traceback" not in out
+    assert out.splitlines()[-1] == (f"stopped after step {last} (SIGINT received) with a checkpoint; "
+                                    "continue with --resume auto")
+    assert newest_complete_step(tmp_path) == last + 1
+    # a second Ctrl-C, a second later, in the middle of a long validation: one error line, exit 130
+    run = Background([*args, "--val-steps", "2000"], tmp_path / "ctrl_c_twice.out")
+    run.wait_for_line(r"^resumed from", "the resume")
+    time.sleep(0.5)  # inside the validation of step last + 1 (it is on the eval schedule or not: both are fine)
+    os.kill(run.proc.pid, signal.SIGINT)
+    time.sleep(1.2)
+    if run.proc.poll() is None:
+        os.kill(run.proc.pid, signal.SIGINT)
+    status = run.wait()
+    out = run.output()
+    assert "Traceback" not in out, out[-3000:]
+    if status == 0:  # the step ended within the second: a machine faster than we planned for
+        pytest.skip("the run stopped within a second of the first Ctrl-C")
+    assert status == 130, out[-3000:]
+    assert out.splitlines()[-1] == (f"error: interrupted; --resume auto continues from the newest complete "
+                                    f"checkpoint in {tmp_path}/")
+    # what was saved is still whole, and the run still finishes as the uninterrupted one
+    run_ok(args)
+    assert_same_run(tmp_path, uninterrupted_log_dir)
+
+
+def test_two_ctrl_c_at_once_count_as_one(tmp_path):
+    # under torchrun a worker gets Ctrl-C from the terminal and again from torchrun, at the same moment
+    preemption = train_gpt2.Preemption()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # Python runs the handlers between bytecodes of the main thread
+        assert preemption.received == signal.SIGINT
+        time.sleep(1.0)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    finally:
+        preemption.restore()
+
+
 def worker_pid(launcher_pid, rank):
     """The pid of torchrun's worker with RANK=rank (a child of the launcher)."""
     for pid in filter(str.isdigit, os.listdir("/proc")):

@@ -453,6 +453,9 @@ def run_main_in_process(argv, capsys):
     (["--max-steps", "0"], r"--max-steps must be positive"),
     (["--n-embd", "63"], r"n_embd \(63\) must be divisible by n_head \(2\)"),
     (["--keep-checkpoints", "-1"], r"--keep-checkpoints must be 0 \(keep all\) or more, got -1"),
+    (["--grad-clip", "0"], r"--grad-clip must be positive, got 0.0"),
+    (["--grad-clip", "-1"], r"--grad-clip must be positive, got -1.0"),
+    (["--weight-decay", "-5"], r"--weight-decay must be 0 or more, got -5.0"),
 ])
 def test_bad_sizes_stop_with_one_error_line(data_root, tmp_path, capsys, extra, expected):
     line = assert_one_error_line(run_main_in_process(tiny(data_root, tmp_path, "--max-steps", "2", *extra), capsys))
@@ -557,3 +560,31 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(da
     assert sorted(os.listdir(tmp_path)) == ["log.txt", "model_00001.pt", "model_00001.pt.json"]  # after step 0 only
     assert list(logged(tmp_path, "train")) == [0]  # the bad loss is not logged
     assert [int(m[1]) for m in map(STEP_LINE.match, result.stdout.splitlines()) if m] == [0]
+
+
+def test_a_nan_gradient_norm_stops_the_run_before_its_weights_reach_a_checkpoint(data_root, tmp_path):
+    # at lr 1e5 (here, 1e4 to 3e5), step 1's loss is finite but its gradient overflows to a nan norm: that
+    # update writes nans into every weight, which a check of the loss alone would save as model_00002.pt
+    result = run_script(tiny(data_root, tmp_path, "--max-lr", "1e5", "--min-lr", "0", "--warmup-steps", "2",
+                             "--max-steps", "6", "--val-steps", "1", "--checkpoint-interval", "1", "--device", "cpu"))
+    line = assert_one_error_line(result)
+    assert re.search(r"the gradient norm became nan at step 1;", line), line
+    assert sorted(os.listdir(tmp_path)) == ["log.txt", "model_00001.pt", "model_00001.pt.json"]
+    weights = load_checkpoint(str(tmp_path / "model_00001.pt"))["model"]
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_a_new_run_beside_another_runs_checkpoints_is_an_error_line(data_root, tmp_path, capsys):
+    run_ok(tiny(data_root, tmp_path, "--max-steps", "2", "--val-steps", "1", "--device", "cpu"))
+    log_before = (tmp_path / "log.txt").read_text()
+    # starting over here would rewrite log.txt, and --resume auto would later pick this run's model_00002.pt
+    line = assert_one_error_line(run_main_in_process(
+        tiny(data_root, tmp_path, "--max-steps", "4", "--device", "cpu"), capsys))
+    assert line == (f"error: {tmp_path}/ already holds a run's checkpoints (newest: model_00002.pt); continue it with "
+                    "--resume auto, or start a new run in another --log-dir (or move them away)")
+    assert (tmp_path / "log.txt").read_text() == log_before
+    # resuming a finished run says that there is nothing left to train
+    result = run_ok(tiny(data_root, tmp_path, "--max-steps", "2", "--device", "cpu", "--resume", "auto"))
+    assert ("nothing to train: the checkpoint is at step 2 and --max-steps is 2 (a larger --max-steps trains on, "
+            "with the schedule stretched to it)") in result.stdout.splitlines()
+    assert (tmp_path / "log.txt").read_text() == log_before
