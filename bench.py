@@ -36,6 +36,7 @@ there (cudnn = 1.000x); chunked-ce 0.963x at 27.4 GB; best 0.972x; best-b128 0.9
 """
 
 import argparse
+import collections
 import datetime
 import json
 import os
@@ -56,6 +57,7 @@ from gpt2_modules import GPT, MODEL_SIZES, GPTConfig
 from train_gpt2 import get_lr  # the schedule, recomputed per step as in training
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+MIN_CONFIG_S = 20  # starting a worker (Python, torch, the model) and its first step: --time-budget skips below this
 
 # -----------------------------------------------------------------------------
 # what one configuration sets
@@ -448,8 +450,9 @@ def cpu_name():
         return platform.processor() or platform.machine()
 
 
-def run_in_process(job, timeout):
-    """Run one configuration in a child process; kill its whole process group (compile workers) on timeout."""
+def run_in_process(job, timeout, limit="--timeout"):
+    """Run one configuration in a child process; kill its whole process group (compile workers) on timeout.
+    limit: what set the timeout, for the message."""
     env = dict(os.environ)
     tmp = None
     if job["cold_compile"]:  # no inductor/triton cache from earlier configurations: honest first-step times
@@ -462,7 +465,7 @@ def run_in_process(job, timeout):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        return dict(status="timeout", error=f"killed after {timeout:.0f} s (--timeout / --time-budget)")
+        return dict(status="timeout", error=f"killed after {round(timeout, 1):g} s ({limit})")
     finally:  # this run interrupted or terminated: the worker, in its own session, must not outlive it
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -529,7 +532,8 @@ def parse_args(argv=None):
                    help="stop timing a configuration after this long (fewer steps are then reported)")
     p.add_argument("--timeout", type=float, default=300, help="kill a configuration that runs longer than this")
     p.add_argument("--time-budget", type=float, default=None,
-                   help="seconds for the whole run: later configurations get what is left, or are skipped")
+                   help="seconds for the whole run: later configurations get what is left, or are skipped "
+                        f"when less than {MIN_CONFIG_S} s is left")
     p.add_argument("--cold-compile", action="store_true",
                    help="a fresh inductor cache per configuration (honest first-step times, slower)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, if the table lacks it")
@@ -558,9 +562,12 @@ def main(argv=None):
     unknown = [n for n in names if n not in PRESETS]
     if unknown:
         sys.exit(f"error: unknown preset(s) {', '.join(unknown)}: expected some of {', '.join(PRESETS)}")
-    for name in ("batch_size", "seq_len", "steps", "warmup", "vocab_size", "rounds"):
-        if getattr(args, name) <= 0:
-            sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("batch_size", "seq_len", "steps", "warmup", "vocab_size", "rounds", "profile_steps", "n_layer",
+                 "n_head", "n_embd", "total_batch_size", "peak_tflops", "max_seconds", "timeout", "time_budget"):
+        value = getattr(args, name)  # None: not given, the default applies
+        if value is not None and not value > 0:  # `not >` rejects nan too
+            shown = f"{value:g}" if isinstance(value, float) else value
+            sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {shown}")
     names = list(dict.fromkeys(["baseline"] + names))  # the lecture's settings first, each preset once
     overrides = dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
     try:
@@ -568,6 +575,7 @@ def main(argv=None):
                         **{k: v for k, v in overrides.items() if v})
     except ValueError as e:
         sys.exit(f"error: {e}")
+    check_results_file(args.results)
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench.py: terminated"))  # unwinds, killing the worker
     run_id = datetime.datetime.now().strftime("%Y-%m-%dT%H:%M:%S") + f"-{os.getpid()}"
@@ -577,7 +585,6 @@ def main(argv=None):
           f"{args.rounds} round(s), tok/s = {args.estimator} | results -> {args.results}", flush=True)
     print("FLOPs per token = 6N + 12*L*H*Q*T, N = non-embedding parameters; MFU against the dense bf16 peak",
           flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     base = lecture_settings(device_type)
     run_start = time.perf_counter()
     results = {name: [] for name in names}  # one result per round
@@ -592,26 +599,30 @@ def main(argv=None):
                 print(f"[{k + 1}/{len(names)}{round_note}] {name}: B={B} T={args.seq_len} grad_accum={grad_accum}"
                       f" | {PRESETS[name].changes or 'the lecture'} | prediction: {PRESETS[name].prediction}",
                       flush=True)
-                timeout = args.timeout
-                if args.time_budget is not None:
-                    timeout = min(timeout, args.time_budget - (time.perf_counter() - run_start))
-                if timeout < 20:
-                    print(f"  [{name}] skipped: no time left in --time-budget", flush=True)
-                    results[name].append(dict(status="skipped", error="no time left in --time-budget", B=B,
-                                              grad_accum=grad_accum))
-                    continue
-                profile = args.profile if r == 0 else None
-                if profile and len(names) > 1:
-                    stem, ext = os.path.splitext(profile)
-                    profile = f"{stem}.{name}{ext or '.json'}"
-                job = dict(name=name, settings=asdict(settings), device=device_type, model=args.model,
-                           overrides=overrides, vocab_size=args.vocab_size, B=B, T=args.seq_len,
-                           grad_accum=grad_accum, steps=args.steps, warmup=args.warmup,
-                           max_seconds=args.max_seconds, profile=profile, profile_steps=args.profile_steps,
-                           cold_compile=args.cold_compile, result_path=os.path.join(tmp, f"{r}-{k}.json"))
-                load_before = os.getloadavg()[0]
-                result = run_in_process(job, timeout)
-                result.update(B=B, grad_accum=grad_accum, load_avg_1min=[load_before, os.getloadavg()[0]])
+                timeout, limit = args.timeout, "--timeout"
+                left = None if args.time_budget is None else args.time_budget - (time.perf_counter() - run_start)
+                if left is not None and left < MIN_CONFIG_S:
+                    why = (f"{max(left, 0):.0f} s left of --time-budget {args.time_budget:g} s, less than the "
+                           f"{MIN_CONFIG_S} s a configuration takes at least")
+                    print(f"  [{name}] skipped: {why}", flush=True)
+                    result = dict(status="skipped", error=why, B=B, grad_accum=grad_accum)
+                else:
+                    if left is not None and left < timeout:
+                        timeout, limit = left, f"what was left of --time-budget {args.time_budget:g} s"
+                    profile = args.profile if r == 0 else None
+                    if profile and len(names) > 1:
+                        stem, ext = os.path.splitext(profile)
+                        profile = f"{stem}.{name}{ext or '.json'}"
+                    job = dict(name=name, settings=asdict(settings), device=device_type, model=args.model,
+                               overrides=overrides, vocab_size=args.vocab_size, B=B, T=args.seq_len,
+                               grad_accum=grad_accum, steps=args.steps, warmup=args.warmup,
+                               max_seconds=args.max_seconds, profile=profile, profile_steps=args.profile_steps,
+                               cold_compile=args.cold_compile, result_path=os.path.join(tmp, f"{r}-{k}.json"))
+                    load_before = os.getloadavg()[0]
+                    result = run_in_process(job, timeout, limit)
+                    result.update(B=B, grad_accum=grad_accum, load_avg_1min=[load_before, os.getloadavg()[0]])
+                    if result["status"] in ("timeout", "crashed"):  # the worker could not say it itself
+                        print(f"  [{name}] {result['status']}: {result['error']}", flush=True)
                 results[name].append(result)
                 if result["status"] == "ok":
                     print(f"  [{name}] {result['tok_per_s']:,.0f} tok/s (median step {1000 * result['step_s_median']:.1f}"
@@ -624,8 +635,14 @@ def main(argv=None):
             "fastest": "the fastest timed step"}[args.estimator]
     print(f"\ntok/s: {what}; MFU n/a where the peak is unknown (CPU)")
     print(format_table(rows, args.seq_len), flush=True)
-    print(f"\n{len(rows)} configuration(s) x {args.rounds} round(s) in {time.perf_counter() - run_start:.0f} s; "
-          f"one JSON line each appended to {args.results}", flush=True)
+    statuses = ", ".join(f"{n} {status}" for status, n in collections.Counter(r["status"] for r in rows).items())
+    unsaved = [r["config"] for r in rows if not r["appended"]]
+    print(f"\n{len(rows)} configuration(s) ({statuses}) x {args.rounds} round(s) in "
+          f"{time.perf_counter() - run_start:.0f} s; {len(rows) - len(unsaved)} JSON line(s) appended to "
+          f"{args.results}", flush=True)
+    if unsaved:
+        sys.exit(f"error: the JSON lines of {', '.join(unsaved)} could not be appended to {args.results}; "
+                 "they are printed above")
 
 
 def record_config(name, runs, rows, args, device_type, run_id, overrides):
@@ -650,9 +667,28 @@ def record_config(name, runs, rows, args, device_type, run_id, overrides):
                   rounds=args.rounds, cold_compile=args.cold_compile,
                   flops_formula="6N + 12*L*H*Q*T, N = non-embedding parameters",
                   **{k: v for k, v in row.items() if k != "config"})
-    with open(args.results, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    line = json.dumps(record)
+    try:
+        with open(args.results, "a") as f:
+            f.write(line + "\n")
+        row["appended"] = True
+    except OSError as e:  # a full disk, a file gone: the measurement must not go with it
+        print(f"  [{name}] cannot append to {args.results} ({e.strerror or e}); its JSON line:\n{line}", flush=True)
+        row["appended"] = False
     return row
+
+
+def check_results_file(path):
+    """Opens --results for appending before anything is measured: a path that cannot be written fails at once,
+    not after the first configuration's minutes of measuring."""
+    try:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.exists(parent):
+            os.makedirs(parent)
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        sys.exit(f"error: cannot append to --results {path} ({e.strerror or e})")
 
 
 def summarise(name, runs, args, device_type):

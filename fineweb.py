@@ -17,9 +17,11 @@ ending with the same bytes as an uninterrupted run.
 """
 
 import argparse
+import codecs
 import contextlib
 import glob
 import json
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -394,43 +396,52 @@ def resolve_files(patterns):
     return files, kinds.pop()
 
 
-def load_documents(dataset, remote_name, files, text_column, streaming, cache_dir=None, num_proc=None):
+def open_dataset(datasets, dataset, remote_name, files, streaming, cache_dir, num_proc):
+    """The input as datasets opens it: --files, a folder from save_to_disk, a folder of data files or a hub id."""
+    if files:
+        paths, builder = resolve_files(files)
+        kwargs = dict(sample_by="document") if builder == "text" else {}  # .txt: a file is a document
+        ds = datasets.load_dataset(builder, data_files=paths, split="train",
+                                   streaming=streaming, cache_dir=cache_dir, **kwargs)
+    elif os.path.isdir(dataset) and any(os.path.exists(os.path.join(dataset, f)) for f in
+                                        ("state.json", "dataset_dict.json")):
+        ds = datasets.load_from_disk(dataset)  # a folder written by Dataset.save_to_disk
+        if isinstance(ds, datasets.DatasetDict):
+            if "train" not in ds:
+                raise FinewebError(f"{dataset} has no train split (it has {', '.join(ds)})")
+            ds = ds["train"]
+        if streaming:
+            ds = ds.to_iterable_dataset()
+    elif os.path.isdir(dataset):  # a local folder of data files
+        ds = datasets.load_dataset(dataset, name=remote_name, split="train", streaming=streaming,
+                                   cache_dir=cache_dir)
+    elif dataset.startswith(("/", "./", "../", "~")):  # meant as a path, not a hub id
+        raise FinewebError(f"--dataset: there is no folder {dataset}")
+    else:  # a hub id; its parquet files are converted to Arrow num_proc at a time
+        ds = datasets.load_dataset(dataset, name=remote_name, split="train", streaming=streaming,
+                                   cache_dir=cache_dir, **({} if streaming else dict(num_proc=num_proc)))
+    return ds
+
+
+def load_documents(dataset, remote_name, files, text_column, streaming, cache_dir=None, num_proc=None,
+                   progress=True):
     """Opens the input as an HF (Iterable)Dataset; returns (dataset, number of documents or None)."""
     import datasets  # imported here: it takes ~1 s, and workers never need it
 
-    try:
-        if files:
-            paths, builder = resolve_files(files)
-            kwargs = dict(sample_by="document") if builder == "text" else {}  # .txt: a file is a document
-            ds = datasets.load_dataset(builder, data_files=paths, split="train",
-                                       streaming=streaming, cache_dir=cache_dir, **kwargs)
-        elif os.path.isdir(dataset) and any(os.path.exists(os.path.join(dataset, f)) for f in
-                                            ("state.json", "dataset_dict.json")):
-            ds = datasets.load_from_disk(dataset)  # a folder written by Dataset.save_to_disk
-            if isinstance(ds, datasets.DatasetDict):
-                if "train" not in ds:
-                    raise FinewebError(f"{dataset} has no train split (it has {', '.join(ds)})")
-                ds = ds["train"]
-            if streaming:
-                ds = ds.to_iterable_dataset()
-        elif os.path.isdir(dataset):  # a local folder of data files
-            ds = datasets.load_dataset(dataset, name=remote_name, split="train", streaming=streaming,
-                                       cache_dir=cache_dir)
-        elif dataset.startswith(("/", "./", "../", "~")):  # meant as a path, not a hub id
-            raise FinewebError(f"--dataset: there is no folder {dataset}")
-        else:  # a hub id; its parquet files are converted to Arrow num_proc at a time
-            ds = datasets.load_dataset(dataset, name=remote_name, split="train", streaming=streaming,
-                                       cache_dir=cache_dir, **({} if streaming else dict(num_proc=num_proc)))
-    except FinewebError:
-        raise
-    except StopIteration:  # datasets' json builder on a file without records
-        raise FinewebError("the input has no documents")
-    except (datasets.exceptions.DatasetGenerationError, UnicodeDecodeError) as e:
-        raise explain_read_error(e, files)
-    except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:  # ConnectionError, HTTP errors, bad names
-        what = f"{', '.join(files)}" if files else f"dataset {dataset!r}" + (f" ({remote_name})" if remote_name else "")
-        raise FinewebError(f"cannot load {what}: {_one_line(e)}"
-                           + ("" if files else "; without the Hugging Face hub, tokenize local files with --files"))
+    with datasets_output(progress) as logged:
+        try:
+            ds = open_dataset(datasets, dataset, remote_name, files, streaming, cache_dir, num_proc)
+        except FinewebError:
+            raise
+        except StopIteration:  # datasets' json builder on a file without records
+            raise FinewebError("the input has no documents")
+        except (datasets.exceptions.DatasetGenerationError, UnicodeDecodeError) as e:
+            raise explain_read_error(e, input_files(dataset, files), logged)
+        except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:  # ConnectionError, HTTP errors, names
+            what = (", ".join(files) if files else
+                    f"dataset {dataset!r}" + (f" ({remote_name})" if remote_name else ""))
+            raise FinewebError(f"cannot load {what}: {_one_line(e)}" + (
+                "" if files else "; without the Hugging Face hub, tokenize local files with --files"))
 
     columns = ds.column_names
     if columns is not None and text_column not in columns:
@@ -444,37 +455,104 @@ def load_documents(dataset, remote_name, files, text_column, streaming, cache_di
     return ds, n
 
 
-def iter_texts(ds, text_column, files=(), start=0):
-    """The documents of ds from index start on, read in Arrow batches."""
+def iter_texts(ds, text_column, paths=(), start=0):
+    """The documents of ds from index start on, read in Arrow batches; paths: its files, to name a broken one."""
     import datasets
 
     if start:
         ds = ds.skip(start)
+    with datasets_output(progress=True) as logged:  # a streamed file is opened, and fails, only here
+        try:
+            for batch in ds.iter(batch_size=READ_BATCH):
+                if text_column not in batch:
+                    raise FinewebError(f"the input has no column {text_column!r} (it has {', '.join(batch)}); "
+                                       "choose one with --text-column")
+                yield from batch[text_column]
+        # pyarrow's ArrowInvalid is a ValueError: a broken json/parquet file
+        except (UnicodeDecodeError, datasets.exceptions.DatasetGenerationError, OSError, ValueError) as e:
+            raise explain_read_error(e, paths, logged)
+
+
+@contextlib.contextmanager
+def datasets_output(progress):
+    """What datasets prints while it reads: its progress bars (and the hub's) only when `progress`, and
+    never its ERROR log lines (a broken JSON file's `Failed to load JSON from file ...`): datasets raises
+    every error it logs, and main() prints that as our one `error:` line. Yields the lines it held back,
+    from which explain_read_error takes the file's name."""
+    import datasets
+    import huggingface_hub.utils as hub
+
+    logged = []
+
+    def hold_errors(record):
+        if record.levelno < logging.ERROR:
+            return True
+        logged.append(record.getMessage())
+        return False
+
+    handlers = list(logging.getLogger("datasets").handlers)
+    for handler in handlers:
+        handler.addFilter(hold_errors)
+    bars = [(datasets.utils, datasets.utils.are_progress_bars_disabled()), (hub, hub.are_progress_bars_disabled())]
     try:
-        for batch in ds.iter(batch_size=READ_BATCH):
-            if text_column not in batch:
-                raise FinewebError(f"the input has no column {text_column!r} (it has {', '.join(batch)}); "
-                                   "choose one with --text-column")
-            yield from batch[text_column]
-    except (UnicodeDecodeError, datasets.exceptions.DatasetGenerationError) as e:
-        raise explain_read_error(e, files)
-    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError: a broken json/parquet file
-        raise FinewebError(f"cannot read the input: {_one_line(e)}")
+        if not progress:
+            for lib, _ in bars:
+                lib.disable_progress_bars()
+        yield logged
+        for line in logged:  # an error that datasets logged but did not raise: not ours to hide
+            print(line, file=sys.stderr)
+    finally:
+        for handler in handlers:
+            handler.removeFilter(hold_errors)
+        for lib, disabled in bars:  # both switches are process-wide: demo.py and the tests go on in this process
+            if not progress and not disabled:
+                lib.enable_progress_bars()
 
 
-def explain_read_error(e, files):
+def input_files(dataset, files):
+    """The files the input is read from, where we know them: --files, or a local folder of data files."""
+    if files:
+        return resolve_files(files)[0]
+    if dataset and os.path.isdir(dataset):
+        found = glob.glob(os.path.join(glob.escape(dataset), "**", "*"), recursive=True)
+        return sorted(os.path.abspath(f) for f in found if os.path.splitext(f)[1].lower() in FILE_BUILDERS)
+    return []
+
+
+def explain_read_error(e, paths, logged=()):
+    """One line for a failure to read the input, naming the file: datasets' exceptions do not say which."""
     cause = e if isinstance(e, UnicodeDecodeError) else (e.__cause__ or e)
-    if isinstance(cause, UnicodeDecodeError):
-        paths = resolve_files(files)[0] if files else []
-        for path in paths:  # datasets does not say which file it was reading: find it
-            with open(path, "rb") as f:
-                try:
-                    f.read().decode("utf-8")
-                except UnicodeDecodeError as bad:
-                    return FinewebError(f"{path} is not UTF-8 text (byte 0x{bad.object[bad.start]:02x} at offset "
-                                        f"{bad.start}); re-encode it or leave it out")
-        return FinewebError(f"the input is not UTF-8 text ({cause.reason} at offset {cause.start})")
-    return FinewebError(f"cannot read the input: {_one_line(cause)}")
+    if isinstance(cause, UnicodeDecodeError) or "utf-8" in str(cause).lower():  # ujson: "Invalid octet in UTF-8"
+        for path in paths:
+            if FILE_BUILDERS[os.path.splitext(path)[1].lower()] == "parquet":
+                continue  # binary: its strings are checked by pyarrow, which names no file either
+            bad = first_non_utf8(path)
+            if bad:
+                return FinewebError(f"{path} is not UTF-8 text (byte 0x{bad[1]:02x} at offset {bad[0]}); "
+                                    "re-encode it or leave it out")
+        if isinstance(cause, UnicodeDecodeError):
+            return FinewebError(f"the input is not UTF-8 text ({cause.reason} at offset {cause.start})")
+    # datasets names the file only in the log line it held back (see datasets_output): 'PATH'
+    named = next((p for p in paths if any(f"'{p}'" in line for line in logged)), None)
+    return FinewebError(f"cannot read {named or 'the input'}: {_one_line(cause)}")
+
+
+def first_non_utf8(path, chunk=1 << 20):
+    """(offset, byte) of the first byte of path that is not UTF-8, or None; reads a chunk at a time, as
+    a corpus file can be larger than memory."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(chunk)
+            held = len(decoder.getstate()[0])  # the start of a character cut by the previous chunk
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError as bad:
+                return offset - held + bad.start, bad.object[bad.start]
+            if not data:
+                return None
+            offset += len(data)
 
 
 def _one_line(e):
@@ -508,26 +586,56 @@ def parse_args(argv=None):
     out = parser.add_argument_group("output")
     out.add_argument("--local-dir", default="edu_fineweb10B",
                      help="folder for the shards and manifest.json (default: %(default)s)")
-    out.add_argument("--shard-size", type=float, default=10**8,
-                     help="tokens per shard; 1e8 = 200 MB of uint16 (default: 1e8)")
+    out.add_argument("--shard-size", default=str(10**8),
+                     help="tokens per shard, a whole number such as 100000000 or 1e8; 1e8 = 200 MB of uint16 "
+                          "(default: 1e8)")
     run = parser.add_argument_group("run")
     run.add_argument("--num-proc", type=int, default=available_cpus(),
                      help="tokenizer processes (default: all %(default)s cores; the parent only reads and writes)")
     run.add_argument("--start-method", choices=["fork", "spawn", "forkserver"], default=None,
                      help="multiprocessing start method (default: the platform's)")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    run.add_argument("--quiet", action="store_true", help="no progress bars (ours, nor those of datasets and the hub)")
+    return parser.parse_args(argv)
+
+
+def check_args(args):
+    """Completes the defaults that depend on other arguments and rejects bad values, as FinewebError."""
     if args.files and (args.dataset or args.remote_name):
-        parser.error("--files reads local files: give it without --dataset and --remote-name")
-    if args.dataset is None:
-        args.dataset = DEFAULT_DATASET
-        args.remote_name = args.remote_name or DEFAULT_REMOTE_NAME
-    if args.shard_size != int(args.shard_size) or args.shard_size < 1:
-        parser.error(f"--shard-size must be a whole number of tokens >= 1 (got {args.shard_size:g})")
-    args.shard_size = int(args.shard_size)
+        raise FinewebError("--files reads local files: give it without --dataset and --remote-name")
+    args.dataset = args.dataset or DEFAULT_DATASET
+    if args.dataset.lower() == DEFAULT_DATASET.lower() and args.remote_name is None:
+        # named or not, FineWeb-Edu means the lecture's 10B sample: its default config is all 1.3T tokens
+        args.remote_name = DEFAULT_REMOTE_NAME
+    args.shard_size = parse_shard_size(args.shard_size)
     if args.num_proc is not None and args.num_proc < 1:
-        parser.error(f"--num-proc must be at least 1 (got {args.num_proc})")
+        raise FinewebError(f"--num-proc must be at least 1 (got {args.num_proc})")
     return args
+
+
+def parse_shard_size(text):
+    """--shard-size as an int: 100000000, 100_000_000 and 1e8 alike; at most what fits in this machine's memory,
+    where a shard is built as one uint16 array."""
+    try:
+        size = int(text)
+    except ValueError:
+        try:
+            size = float(text)
+        except ValueError:
+            size = None
+        size = int(size) if size is not None and size.is_integer() else None  # nan and inf are not integers
+    limit = max_shard_size()
+    if size is None or not 1 <= size <= limit:
+        raise FinewebError(f"--shard-size must be a whole number of tokens from 1 to {limit:,} (a shard is built "
+                           f"in memory, 2 bytes a token), got {text}")
+    return size
+
+
+def max_shard_size():
+    """Tokens of a uint16 array as large as this machine's memory."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): numpy's own limit on an array's length
+        return np.iinfo(np.intp).max // 2
 
 
 def source_config(args):
@@ -545,6 +653,7 @@ def main(argv=None):
     """The command line; returns write_shards' summary. User errors: one `error:` line on stderr, exit 1."""
     args = parse_args(argv)
     try:
+        check_args(args)
         config = source_config(args)
         source = (f"{len(config['files'])} local file{'s' * (len(config['files']) > 1)}" if args.files else
                   args.dataset + (f" ({args.remote_name})" if args.remote_name else ""))
@@ -554,8 +663,8 @@ def main(argv=None):
 
         def documents(start):  # opened only when shards are left to write
             ds, opened["n"] = load_documents(args.dataset, args.remote_name, args.files, args.text_column,
-                                             args.streaming, args.cache_dir, args.num_proc)
-            return iter_texts(ds, args.text_column, args.files or (), start)
+                                             args.streaming, args.cache_dir, args.num_proc, progress=not args.quiet)
+            return iter_texts(ds, args.text_column, input_files(args.dataset, args.files), start)
 
         summary = write_shards(documents, args.local_dir, args.shard_size, args.num_proc, config=config,
                                total_documents=lambda: opened["n"], start_method=args.start_method,

@@ -108,3 +108,81 @@ def test_quick_cpu_run_prints_the_table_appends_json_lines_and_survives_a_failin
     assert base["machine"]["cpu_count"] == os.cpu_count() and base["date"] and base["torch"] == torch.__version__
     assert by_config["cudnn"]["status"] == "error" and "scaled_dot_product_attention" in by_config["cudnn"]["error"]
     assert all(r["prediction"] for r in by_config.values())
+
+
+TINY = ["--device", "cpu", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--vocab-size", "512", "-B", "2",
+        "-T", "32", "--steps", "2", "--warmup", "1"]
+
+
+def run_bench(*args, timeout=120):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), *TINY, *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def table_rows(stdout):
+    table = stdout[stdout.index("config "):].split("\n\n")[0]
+    return {line.split()[0]: line.split() for line in table.splitlines()[2:]}
+
+
+@pytest.mark.parametrize("flag, value, shown", [("--n-layer", "0", "0"), ("--n-head", "-2", "-2"),
+                                                ("--n-embd", "0", "0"), ("--total-batch-size", "-128", "-128"),
+                                                ("--peak-tflops", "-1", "-1"), ("--peak-tflops", "nan", "nan"),
+                                                ("--timeout", "0", "0"), ("--time-budget", "-5", "-5"),
+                                                ("--max-seconds", "0", "0"), ("--profile-steps", "0", "0")])
+def test_non_positive_sizes_peak_and_limits_fail_in_one_line_before_anything_runs(tmp_path, capsys, flag, value,
+                                                                                   shown):
+    # --n-layer 0 used to be dropped as "not given" (a 12-layer model was timed), --peak-tflops -1 printed MFU -0.1%
+    results = tmp_path / "results.jsonl"
+    with pytest.raises(SystemExit) as e:
+        bench.main([*TINY, "--results", str(results), flag, value])
+    assert e.value.code == f"error: {flag} must be positive, got {shown}"  # sys.exit(str): stderr, exit status 1
+    assert capsys.readouterr().out == "" and not results.exists()
+
+
+def test_unwritable_results_path_fails_before_measuring_anything(tmp_path, capsys):
+    for path in [tmp_path, tmp_path / "a_file" / "results.jsonl"]:  # a folder; a folder that is a file
+        (tmp_path / "a_file").write_text("")
+        with pytest.raises(SystemExit) as e:
+            bench.main([*TINY, "--results", str(path)])
+        reason = "Is a directory" if path == tmp_path else "Not a directory"
+        assert e.value.code == f"error: cannot append to --results {path} ({reason})"
+        assert capsys.readouterr().out == ""  # not even the header: nothing was measured, nothing is lost
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full, a disk that is always full")
+def test_a_measurement_that_cannot_be_appended_is_printed_and_the_run_fails_at_the_end():
+    r = run_bench("--configs", "fp32", "--results", "/dev/full")  # opens for appending; every write fails
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == ["error: the JSON lines of baseline, fp32 could not be appended to /dev/full; "
+                                     "they are printed above"]
+    lines = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"benchmark": "train_step"')]
+    assert [(x["config"], x["status"]) for x in lines] == [("baseline", "ok"), ("fp32", "ok")]
+    assert all(x["tok_per_s"] > 0 and x["steps_timed"] == 2 for x in lines)  # the measurements themselves
+    assert "cannot append to /dev/full (No space left on device); its JSON line:" in r.stdout
+    assert {k: v[-1] for k, v in table_rows(r.stdout).items()} == {"baseline": "ok", "fp32": "ok"}
+    assert "2 configuration(s) (2 ok) x 1 round(s) in" in r.stdout and "; 0 JSON line(s) appended to" in r.stdout
+
+
+def test_configurations_skipped_by_the_time_budget_are_listed_with_the_reason(tmp_path):
+    results = tmp_path / "results.jsonl"
+    r = run_bench("--configs", "fp32", "--time-budget", "5", "--results", str(results))
+    assert r.returncode == 0, r.stderr
+    why = "5 s left of --time-budget 5 s, less than the 20 s a configuration takes at least"
+    assert r.stdout.count(f"skipped: {why}") == 2
+    assert {k: v[-1] for k, v in table_rows(r.stdout).items()} == {"baseline": "skipped", "fp32": "skipped"}
+    assert "2 configuration(s) (2 skipped) x 1 round(s) in" in r.stdout
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(x["config"], x["status"], x["error"]) for x in lines] == [("baseline", "skipped", why),
+                                                                      ("fp32", "skipped", why)]
+
+
+def test_a_timeout_shorter_than_the_budget_floor_is_applied_not_reported_as_no_time_left(tmp_path):
+    # --timeout 10 without --time-budget used to skip everything "no time left in --time-budget"; it is the user's
+    # limit per configuration: here 0.2 s, less than the worker needs to import torch
+    results = tmp_path / "results.jsonl"
+    r = run_bench("--timeout", "0.2", "--results", str(results), "--configs", "baseline")
+    assert r.returncode == 0, r.stderr
+    assert "no time left" not in r.stdout and "[baseline] timeout: killed after 0.2 s (--timeout)" in r.stdout
+    assert table_rows(r.stdout)["baseline"][-1] == "timeout"
+    (line,) = [json.loads(line) for line in results.read_text().splitlines()]
+    assert (line["status"], line["error"]) == ("timeout", "killed after 0.2 s (--timeout)")

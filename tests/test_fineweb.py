@@ -422,7 +422,7 @@ def test_empty_input_fails_without_writing_anything(tmp_path, capsys, case):
 def test_broken_json_foreign_shards_and_a_broken_manifest_fail_cleanly(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "docs.jsonl").write_text('{"text": "fine"}\n{"text": "no closing brace"\n')
-    # a subprocess: datasets logs the file name through a handler that pytest's capture would have closed
+    # a subprocess: datasets logs through a handler that it bound to the stderr of the process's start
     r = run_cli(["--files", str(tmp_path / "in" / "docs.jsonl"), "--local-dir", "out"], tmp_path)
     assert_clean_failure(r, str(tmp_path / "out"), "cannot read", "JSON parse error")
     # a folder with shards this script did not make (no manifest) is never written into
@@ -436,6 +436,109 @@ def test_broken_json_foreign_shards_and_a_broken_manifest_fail_cleanly(tmp_path,
     (tmp_path / "lecture" / "manifest.json").write_text("{not json")
     err = fail_inprocess(["--files", *files, "--local-dir", str(tmp_path / "lecture")], capsys)
     assert err.startswith("error: cannot read") and "manifest.json" in err
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_broken_json_file_among_several_is_named_in_the_only_line_on_stderr(tmp_path, streaming):
+    # datasets logs `Failed to load JSON from file '...'` before it raises; that line is held back and the
+    # file's name moves into our error line
+    files = write_input(tmp_path / "in", "jsonl", docs=DOCS[:3])
+    bad = tmp_path / "in" / "later.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": "no closing brace"\n')
+    r = run_cli(["--files", *files, str(bad), "--local-dir", "out"] + (["--streaming"] if streaming else []),
+                tmp_path)
+    assert_clean_failure(r, str(tmp_path / "out"))
+    assert r.stderr.splitlines() == [f"error: cannot read {bad}: JSON parse error: Missing a comma or '}}' after "
+                                     "an object member. in row 1"]
+
+
+def test_quiet_silences_the_progress_bars_of_datasets_too_and_restores_them(tmp_path, capsys):
+    import datasets
+    files = write_input(tmp_path / "in", "jsonl")
+    capsys.readouterr()
+    run_inprocess(files, tmp_path / "quiet", tmp_path)
+    out, err = capsys.readouterr()
+    assert err == "" and "Generating train split" not in out
+    assert not datasets.utils.are_progress_bars_disabled()  # process-wide: off only while fineweb reads
+    fineweb.main(["--files", *files, "--local-dir", str(tmp_path / "loud"), "--shard-size", str(SHARD),
+                  "--cache-dir", str(tmp_path / "hf_loud"), "--num-proc", "1"])
+    assert "Generating train split" in capsys.readouterr().err  # what --quiet took away
+
+
+def test_fineweb_edu_named_explicitly_still_means_the_sample_10bt_subset(tmp_path):
+    def remote_name(*argv):
+        return fineweb.check_args(fineweb.parse_args(list(argv))).remote_name
+
+    assert remote_name() == remote_name("--dataset", "HuggingFaceFW/fineweb-edu") == "sample-10BT"
+    assert remote_name("--dataset", "huggingfacefw/FineWeb-Edu") == "sample-10BT"  # hub ids ignore case
+    assert remote_name("--dataset", "HuggingFaceFW/fineweb-edu", "--remote-name", "sample-100BT") == "sample-100BT"
+    assert remote_name("--dataset", "HuggingFaceFW/fineweb") is None  # another dataset: its own default config
+    # what the help promises
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "fineweb.py"), "--help"], capture_output=True, text=True)
+    assert "(default: sample-10BT for HuggingFaceFW/fineweb-edu, none for other datasets)" in " ".join(r.stdout.split())
+    # and the plan it prints, then the load it tries (the hub is offline here, and its cache empty)
+    r = run_cli(["--dataset", "HuggingFaceFW/fineweb-edu", "--local-dir", "out"], tmp_path,
+                env=dict(HF_HUB_CACHE=str(tmp_path / "hub")))
+    assert r.stdout.startswith("fineweb: HuggingFaceFW/fineweb-edu (sample-10BT) -> out/edufineweb_*.npy")
+    assert_clean_failure(r, str(tmp_path / "out"), "cannot load dataset 'HuggingFaceFW/fineweb-edu' (sample-10BT)")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e300", "0", "-3", "1.5", "1e8x"])
+def test_shard_size_that_is_not_a_whole_number_of_tokens_that_fits_in_memory_fails_in_one_line(tmp_path, capsys,
+                                                                                                value):
+    files = write_input(tmp_path / "in", "jsonl", docs=DOCS[:3])
+    err = fail_inprocess(["--files", *files, "--local-dir", str(tmp_path / "out"), "--shard-size", value], capsys)
+    limit = fineweb.max_shard_size()
+    assert 10**9 < limit < 2**62  # 2 bytes a token of this machine's memory: more than a GB, less than 8 EB
+    assert assert_clean_failure(err, str(tmp_path / "out")) == (
+        f"error: --shard-size must be a whole number of tokens from 1 to {limit:,} (a shard is built in memory, "
+        f"2 bytes a token), got {value}")
+
+
+def test_shard_size_reads_1e8_and_underscores_as_whole_numbers():
+    assert fineweb.parse_shard_size("1e8") == fineweb.parse_shard_size("100_000_000") == 100_000_000
+    assert fineweb.parse_shard_size("2.5e3") == 2500 and fineweb.parse_shard_size("1") == 1
+    # digits are read as an int, never through a float that would round them
+    assert fineweb.parse_shard_size("123456789") == 123456789
+
+
+def test_files_with_dataset_and_a_bad_num_proc_fail_in_one_line(tmp_path, capsys):
+    files = write_input(tmp_path / "in", "jsonl", docs=DOCS[:3])
+    out = str(tmp_path / "out")
+    err = fail_inprocess(["--files", *files, "--dataset", "x/y", "--local-dir", out], capsys)
+    assert assert_clean_failure(err, out) == "error: --files reads local files: give it without --dataset and --remote-name"
+    err = fail_inprocess(["--files", *files, "--num-proc", "0", "--local-dir", out], capsys)
+    assert assert_clean_failure(err, out) == "error: --num-proc must be at least 1 (got 0)"
+
+
+def test_non_utf8_json_and_dataset_folder_files_are_named_in_the_error(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    # a JSON array: datasets reads it with pandas, whose error is a ValueError about "UTF-8", not a decode error
+    (tmp_path / "in" / "docs.json").write_bytes(b'[{"text": "fine"}, {"text": "caf\xe9 in latin-1"}]')
+    err = fail_inprocess(["--files", str(tmp_path / "in" / "docs.json"), "--local-dir", str(tmp_path / "out"),
+                          "--cache-dir", str(tmp_path / "hf")], capsys)
+    assert assert_clean_failure(err, str(tmp_path / "out")) == (
+        f"error: {tmp_path / 'in' / 'docs.json'} is not UTF-8 text (byte 0xe9 at offset 32); "
+        "re-encode it or leave it out")
+    # a local folder of data files, streamed: the file is only opened while the documents are read
+    write_input(tmp_path / "folder", "txt", docs=DOCS[:3])
+    (tmp_path / "folder" / "doc_001.txt").write_bytes(b"ok, then \xff")
+    err = fail_inprocess(["--dataset", str(tmp_path / "folder"), "--streaming", "--local-dir", str(tmp_path / "out"),
+                          "--cache-dir", str(tmp_path / "hf")], capsys)
+    assert assert_clean_failure(err, str(tmp_path / "out")) == (
+        f"error: {tmp_path / 'folder' / 'doc_001.txt'} is not UTF-8 text (byte 0xff at offset 9); "
+        "re-encode it or leave it out")
+
+
+def test_first_non_utf8_counts_offsets_across_chunks_and_characters_cut_by_them(tmp_path):
+    path = tmp_path / "f"
+    for data, want in [(b"ab\xe2\x82\xaccd\xff", (7, 0xff)),  # the euro sign is cut by the 2-byte chunks
+                       (b"a\xe2\x82\xacb", None),
+                       (b"abc\xe2\x82", (3, 0xe2)),  # a character cut short by the end of the file
+                       (b"\xe2\x82\xe2\x82\xac", (0, 0xe2)), (b"", None)]:
+        path.write_bytes(data)
+        assert fineweb.first_non_utf8(str(path), chunk=2) == want, data
+        assert fineweb.first_non_utf8(str(path)) == want, data
 
 
 def test_help_lists_every_option():
