@@ -7,6 +7,11 @@ DataLoaderLite: GPT-2 training batches read from the token shards that fineweb.p
                             split="train", device=device, verbose=master_process)
     x, y = loader.next_batch()  # int64 (B, T) each, on `device`; y is x shifted by one token
 
+A library for train_gpt2.py. Run on its own, it lists what a data folder holds, checking each shard's
+header as training does at start-up (a missing split or a broken shard gives training's error line):
+
+    python dataloaderlite.py edu_fineweb10B     # val: 1 shard, 100,000,000 tokens / train: 99 shards, ...
+
 The token order is the lecture's: rank r reads B*T+1 tokens at offset r*B*T of the current step,
 a step moves B*T*num_processes tokens, and a shard that cannot hold another whole step hands over
 to the next one (after the last shard: shard 0 again, a new epoch). Extras that leave that order
@@ -14,8 +19,10 @@ alone: a memory footprint of a few batches whatever the shard size, state_dict()
 for exact resumption, DataError on bad shards, and shuffle=True (off by default).
 """
 
+import argparse
 import os
 import re
+import sys
 
 import numpy as np
 import torch
@@ -164,3 +171,24 @@ class DataLoaderLite:
             self._enter(*here)
             raise DataError(f"the loader state points at step {state['window']} of shard {state['shard']}, which "
                             f"holds fewer steps: the data folder changed since it was saved")
+
+
+# -----------------------------------------------------------------------------
+# command line: what a data folder holds
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data_root", nargs="?", default="edu_fineweb10B",
+                        help="the folder fineweb.py wrote (default: edu_fineweb10B, as train_gpt2.py's --data-root)")
+    args = parser.parse_args(argv)
+    try:
+        for split in ("val", "train"):
+            shards = find_shards(args.data_root, split)
+            tokens = sum(read_header(path)[1] for path in shards)  # the header checks training runs at start-up
+            print(f"{split}: {len(shards)} shard{'s' * (len(shards) != 1)}, {tokens:,} tokens")
+    except DataError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

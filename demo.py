@@ -75,6 +75,8 @@ def main(argv=None):
     parser.add_argument("--data-dir", default=None, help="where the shards go (default: demo_data/CORPUS)")
     parser.add_argument("--log-dir", default="demo_log", help="log.txt, the checkpoint and loss.png go here")
     args = parser.parse_args(argv)
+    if args.steps <= 0:  # checked here, before minutes of corpus and shards, and under the flag the user typed
+        sys.exit(f"error: --steps must be positive, got {args.steps}")
     os.makedirs(CACHE, exist_ok=True)
 
     print("== 1/4 corpus", flush=True)
@@ -91,6 +93,9 @@ def main(argv=None):
     fineweb.main(["--files", corpus, "--local-dir", data_dir, "--shard-size", "100000", "--quiet"])
 
     print("== 3/4 training (train_gpt2.py)", flush=True)
+    # every demo starts over: train_gpt2.py refuses to start a new run beside an old run's checkpoints
+    for _, path in train_gpt2.list_checkpoints(args.log_dir):
+        train_gpt2.remove_checkpoint(path)
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in DEMO_ARGS.items()]
     train_gpt2.main(flags + [f"--max-steps={args.steps}", "--data-root", data_dir, "--log-dir", args.log_dir,
                              "--device", "cpu", "--no-hellaswag", "--resume", "none"])

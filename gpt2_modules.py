@@ -294,11 +294,42 @@ def export_hf(model, out_dir, vocab_size=50257):
         sd[k] = v.t().contiguous() if k.endswith(_CONV1D) else v.clone()
     hf = GPT2LMHeadModel(hf_config)
     hf.load_state_dict(sd, strict=False)  # strict=False: some transformers versions add mask buffers
-    os.makedirs(out_dir, exist_ok=True)
-    hf.save_pretrained(out_dir)
-    if vocab_size == 50257:  # the GPT-2 tokenizer only makes sense for GPT-2's vocabulary
-        write_hf_tokenizer_files(out_dir)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        hf.save_pretrained(out_dir)
+        if vocab_size == 50257:  # the GPT-2 tokenizer only makes sense for GPT-2's vocabulary
+            write_hf_tokenizer_files(out_dir)
+    except OSError as e:  # a file in the way, a read-only or virtual filesystem, a full disk
+        reason = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror or e
+        raise ValueError(f"cannot write the export folder {out_dir} ({reason})") from e
     return out_dir
+
+
+# -----------------------------------------------------------------------------
+# devices: what --device means for sampling and evaluation
+
+def resolve_device(name="auto"):
+    """The torch device string for --device auto|cpu|cuda|cuda:N|mps, checked against this machine.
+
+    auto: cuda, then mps, then cpu. A name torch cannot parse, or a device this machine lacks, is a
+    ValueError naming the fix: torch would otherwise fail later with a traceback (an AssertionError
+    from a CPU-only build, a RuntimeError listing twenty device types).
+    """
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} was asked for but torch sees no CUDA GPU (use --device cpu or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name} was asked for but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name} was asked for but this torch has no MPS backend")
+    return name
 
 
 # -----------------------------------------------------------------------------
@@ -362,37 +393,54 @@ def generate(model, tokens, max_length, num_return_sequences=1, top_k=50, seed=4
 # -----------------------------------------------------------------------------
 # command line: sample from a model, export a checkpoint
 
+def check_sample_args(args):
+    """(device, prompt tokens, encoding) for `sample`'s flags, or a ValueError naming the flag."""
+    from gpt2_tokenizer import get_encoding
+    for name, value in (("--num-samples", args.num_samples), ("--max-length", args.max_length),
+                        ("--top-k", args.top_k)):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    device = resolve_device(args.device)
+    enc = get_encoding()
+    # <|endoftext|> is the special token here, as in OpenAI's unconditional samples, not six ordinary tokens
+    prompt = enc.encode(args.prompt, allowed_special={"<|endoftext|>"})
+    if not prompt:
+        raise ValueError("--prompt is empty: GPT-2 needs at least one token to continue "
+                         "(pass --prompt '<|endoftext|>' for unconditional samples)")
+    if args.max_length <= len(prompt):
+        raise ValueError(f"--max-length {args.max_length} leaves nothing to sample: it counts the prompt's "
+                         f"{len(prompt)} tokens, so it must be more than {len(prompt)}")
+    return device, prompt, enc
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("sample", help="sample text from a model")
     p.add_argument("--model", default="gpt2",
                    help=f"an OpenAI name ({', '.join(MODEL_SIZES)}), a save_pretrained folder or a checkpoint .pt")
-    p.add_argument("--prompt", default="Hello, I'm a language model,")
+    p.add_argument("--prompt", default="Hello, I'm a language model,",
+                   help="the text every sample continues; '<|endoftext|>' samples unconditionally, as OpenAI's did")
     p.add_argument("--num-samples", type=int, default=4)
     p.add_argument("--max-length", type=int, default=32, help="tokens per sample, prompt included")
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda, cuda:N, mps or auto (default: cuda if there is one, else cpu)")
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face GPT2LMHeadModel folder")
     p.add_argument("checkpoint", help="a training checkpoint .pt (or any --model source)")
     p.add_argument("out_dir")
     args = parser.parse_args(argv)
 
-    from gpt2_tokenizer import TokenizerUnavailable, get_encoding
+    from gpt2_tokenizer import TokenizerUnavailable
     try:
-        model = GPT.load(args.model if args.command == "sample" else args.checkpoint)
         if args.command == "export":
-            print(f"wrote {export_hf(model, args.out_dir)}")
+            print(f"wrote {export_hf(GPT.load(args.checkpoint), args.out_dir)}")
             return
-        for name, value in (("--num-samples", args.num_samples), ("--max-length", args.max_length),
-                            ("--top-k", args.top_k)):
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-        enc = get_encoding()
-        model.to(args.device).eval()
-        dtype = AUTOCAST[default_dtype(torch.device(args.device).type)]
-        rows = generate(model, enc.encode(args.prompt), args.max_length, args.num_samples,
+        device, prompt, enc = check_sample_args(args)  # before the model loads: a typo should not wait on it
+        model = GPT.load(args.model).to(device).eval()
+        dtype = AUTOCAST[default_dtype(torch.device(device).type)]
+        rows = generate(model, prompt, args.max_length, args.num_samples,
                         min(args.top_k, model.config.vocab_size), args.seed, dtype)
         for i, row in enumerate(rows):
             print(f"sample {i}: {enc.decode([t for t in row if t < enc.n_vocab])}")

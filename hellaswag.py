@@ -42,7 +42,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from gpt2_modules import AUTOCAST, GPT, autocast, default_dtype
+from gpt2_modules import AUTOCAST, GPT, autocast, default_dtype, resolve_device
 from gpt2_tokenizer import TokenizerUnavailable, get_encoding
 
 # -----------------------------------------------------------------------------
@@ -129,10 +129,20 @@ def _check(example):
 
 
 def iterate_examples(split="val", path=None):
-    """The examples of a split (dicts, as in the jsonl file), from data_file(split, path)."""
+    """The examples of a split (dicts, as in the jsonl file), from data_file(split, path).
+
+    A file with no example at all is a ValueError once it has been read to its end: every caller
+    divides by the number of examples.
+    """
     file = data_file(split, path)
-    with open(file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    found = 0
+    with open(file, "rb") as f:  # bytes, decoded line by line, so that a non-UTF-8 byte is reported with its line
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{file}:{lineno} is not UTF-8 text ({e.reason}): "
+                                 "is it a HellaSwag .jsonl file?") from e
             if not line.strip():
                 continue
             try:
@@ -141,7 +151,10 @@ def iterate_examples(split="val", path=None):
                 raise ValueError(f"{file}:{lineno} is not valid JSON ({e.msg})") from e
             if (problem := _check(example)) is not None:
                 raise ValueError(f"{file}:{lineno} is not a HellaSwag example: {problem}")
+            found += 1
             yield example
+    if not found:
+        raise ValueError(f"{file} holds no HellaSwag examples (one JSON object per line expected)")
 
 
 # -----------------------------------------------------------------------------
@@ -299,7 +312,8 @@ def main(argv=None):
     parser.add_argument("--file", default=None,
                         help="a local hellaswag_val.jsonl (default: $HELLASWAG_FILE, else download into "
                              "$HELLASWAG_DIR or ~/.cache/train-gpt2/hellaswag)")
-    parser.add_argument("--split", choices=SPLITS, default="val", help="which split to download (default: val)")
+    parser.add_argument("--split", choices=SPLITS, default=None,
+                        help="which split to download when no file is given (default: val)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:1, mps, cpu")
     parser.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
                         help="autocast dtype; auto: bfloat16 on cuda and on CPUs with bf16 instructions "
@@ -315,14 +329,16 @@ def main(argv=None):
             raise ValueError(f"--limit must be positive, got {args.limit}")
         if args.batch_size <= 0:
             raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
-        device = args.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        device = resolve_device(args.device)
         dtype = AUTOCAST[default_dtype(device.split(":")[0], args.dtype)]
-        file = data_file(args.split, args.file)
+        # a given file is scored whatever split it holds: --split would only put a wrong label on it
+        given = args.file or os.environ.get("HELLASWAG_FILE")
+        if given and args.split:
+            source = f"--file {given}" if args.file else f"HELLASWAG_FILE={given}"
+            raise ValueError(f"--split {args.split} picks a file to download, but {source} is scored as given: "
+                             "drop --split")
+        file = data_file(args.split or "val", args.file)
         examples = list(iterate_examples(path=file))[:args.limit]
-        if not examples:
-            raise ValueError(f"{file} holds no HellaSwag examples")
         get_encoding()  # a missing tokenizer should fail before the model loads
         try:
             model = GPT.load(args.model)
@@ -335,7 +351,7 @@ def main(argv=None):
             raise ValueError(f"cannot use device {device!r} ({str(e).strip().splitlines()[0]})") from e
         print(f"model {args.model}: {model.num_params() / 1e6:.2f}M parameters, on {device}, "
               f"{'bfloat16 autocast' if dtype else 'float32'}, {args.batch_size} examples per forward pass")
-        print(f"HellaSwag {args.split}: {len(examples)} examples from {file}")
+        print(f"HellaSwag{'' if given else ' ' + (args.split or 'val')}: {len(examples)} examples from {file}")
         t0 = time.time()
         num_correct_norm, num_correct, num_total = evaluate(model, examples, device, args.batch_size, dtype,
                                                             progress=sys.stderr.isatty())

@@ -23,15 +23,23 @@ REFERENCES = {
 def read_log(path):
     """{"train": ([steps], [values]), "val": ..., "hella": ...} from `{step} {kind} {value}` lines."""
     streams = defaultdict(dict)
-    with open(path) as f:
-        for line in f:
-            parts = line.split()
+    with open(path, "rb") as f:  # bytes, decoded line by line, so that a non-UTF-8 byte is reported with its line
+        for lineno, raw in enumerate(f, 1):
+            try:
+                parts = raw.decode("utf-8").split()
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno} is not UTF-8 text ({e.reason}): is it a train_gpt2.py log?") from e
             if len(parts) == 3 and parts[0].isdigit():
-                streams[parts[1]][int(parts[0])] = float(parts[2])  # a resumed run's repeat wins
+                try:
+                    streams[parts[1]][int(parts[0])] = float(parts[2])  # a resumed run's repeat wins
+                except ValueError:
+                    raise ValueError(f"{path}:{lineno}: {parts[2]!r} is not a number") from None
     return {kind: (sorted(d), [d[s] for s in sorted(d)]) for kind, d in streams.items()}
 
 
 def plot(path, out, references=True):
+    """Draw the log at `path` into `out` and return the file written: out + ".png" when out has no extension,
+    as matplotlib names it; the extension picks the format (.png, .pdf, .svg...)."""
     # a bare Figure draws with Agg and leaves pyplot's backend alone (a notebook keeps its inline plots)
     from matplotlib.figure import Figure
 
@@ -64,6 +72,8 @@ def plot(path, out, references=True):
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
+    if not os.path.splitext(out)[1]:  # savefig would add ".png" itself; add it here so that the caller knows
+        out += ".png"
     fig.savefig(out, dpi=100)
     return out
 

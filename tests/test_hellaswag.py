@@ -328,6 +328,36 @@ def test_download_cut_short_leaves_no_partial_file(tmp_path):
         server.close()
 
 
+def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    latin1 = json.dumps({**ROOF, "ctx": "café"}, ensure_ascii=False).encode("latin-1")  # é: the one byte 0xe9
+    path.write_bytes(json.dumps(ROOF).encode() + b"\n" + latin1)
+    with pytest.raises(ValueError) as e:
+        list(hellaswag.iterate_examples(path=str(path)))
+    assert str(e.value) == f"{path}:2 is not UTF-8 text (invalid continuation byte): is it a HellaSwag .jsonl file?"
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"], ids=["empty", "blank lines"])
+def test_a_file_without_examples_is_refused_where_it_is_read(tmp_path, model, content):
+    # train_gpt2.py's start-up check renders the file with render_share and turns a ValueError into its error
+    # line; before, such a file passed start-up and the first evaluation divided by zero examples
+    path = tmp_path / "none.jsonl"
+    path.write_text(content)
+    expected = f"{path} holds no HellaSwag examples (one JSON object per line expected)"
+    for call in (lambda: hellaswag.render_share(str(path), 128, 0, 1), lambda: hellaswag.evaluate(model, path, "cpu"),
+                 lambda: list(hellaswag.iterate_examples(path=str(path)))):
+        with pytest.raises(ValueError) as e:
+            call()
+        assert str(e.value) == expected
+
+
+def test_a_rank_whose_share_of_a_small_file_is_empty_scores_nothing(tmp_path, model):
+    path = write_jsonl(tmp_path / "one.jsonl", written_examples(1))
+    assert len(hellaswag.render_share(path, 128, 0, 2)) == 1
+    assert hellaswag.render_share(path, 128, 1, 2) == []  # not an error: the file holds an example, rank 0 has it
+    assert hellaswag.evaluate(model, path, "cpu", rank=1, world_size=2) == (0, 0, 0)
+
+
 # -----------------------------------------------------------------------------
 # the command line
 
@@ -341,7 +371,7 @@ def test_cli_scores_a_training_checkpoint_on_a_local_file(tmp_path, model, one_a
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert "HellaSwag val: 25 examples" in lines[1]
+    assert lines[1] == f"HellaSwag: 25 examples from {file}"  # the file given, whatever split it holds
     norm25, plain25, _ = expected_counts(one_at_a_time, 25)
     assert lines[2].startswith(f"acc:      {plain25}/25={plain25 / 25:.4f}")
     assert lines[3].startswith(f"acc_norm: {norm25}/25={norm25 / 25:.4f}")
@@ -381,6 +411,27 @@ def test_cli_bad_inputs_give_one_error_line(tmp_path, model, case):
         args["--limit"] = "0"
     message = run_cli_in_process([x for kv in args.items() for x in kv])
     assert message.startswith("error: ") and "\n" not in message
+
+
+def test_cli_refuses_a_split_for_a_file_it_would_mislabel(tmp_path, monkeypatch):
+    # the file given is what gets scored: a --split label on it could name the wrong split
+    file = write_jsonl(tmp_path / "hellaswag_val.jsonl", written_examples(3))
+    assert run_cli_in_process(["--file", file, "--split", "train"]) == \
+        f"error: --split train picks a file to download, but --file {file} is scored as given: drop --split"
+    monkeypatch.setenv("HELLASWAG_FILE", file)
+    assert run_cli_in_process(["--split", "val"]) == \
+        f"error: --split val picks a file to download, but HELLASWAG_FILE={file} is scored as given: drop --split"
+
+
+@pytest.mark.parametrize("device, expected", [
+    ("gpu", "error: unknown device 'gpu': expected auto, cpu, cuda, cuda:N or mps"),
+    ("cuda", "error: --device cuda was asked for but torch sees no CUDA GPU (use --device cpu or auto)"),
+])
+def test_cli_device_this_machine_lacks_is_one_error_line(tmp_path, device, expected):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    file = write_jsonl(tmp_path / "val.jsonl", written_examples(3))
+    assert run_cli_in_process(["--model", "gpt2", "--file", file, "--device", device]) == expected
 
 
 def test_cli_error_exits_nonzero_without_a_traceback(tmp_path):

@@ -503,6 +503,17 @@ def test_hellaswag_examples_too_long_for_the_model_stop_the_run_at_start_up(data
     assert not os.path.exists(tmp_path / "log")
 
 
+def test_an_empty_hellaswag_file_stops_the_run_at_start_up(data_root, tmp_path, capsys):
+    # before, it passed start-up and the first evaluation divided by its 0 examples (ZeroDivisionError)
+    path = tmp_path / "hellaswag_val.jsonl"
+    path.write_text("")
+    line = assert_one_error_line(run_main_in_process(
+        tiny(data_root, tmp_path / "log", "--hellaswag", "--hellaswag-file", str(path)), capsys))
+    assert line == (f"error: HellaSwag {path}: {path} holds no HellaSwag examples (one JSON object per line "
+                    "expected); pass another --hellaswag-file or --no-hellaswag")
+    assert not os.path.exists(tmp_path / "log")
+
+
 def test_device_cuda_without_a_gpu_is_an_error_line(data_root, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
