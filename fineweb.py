@@ -21,7 +21,6 @@ import codecs
 import contextlib
 import glob
 import json
-import logging
 import multiprocessing as mp
 import os
 import signal
@@ -428,7 +427,7 @@ def load_documents(dataset, remote_name, files, text_column, streaming, cache_di
     """Opens the input as an HF (Iterable)Dataset; returns (dataset, number of documents or None)."""
     import datasets  # imported here: it takes ~1 s, and workers never need it
 
-    with datasets_output(progress) as logged:
+    with datasets_progress(progress):
         try:
             ds = open_dataset(datasets, dataset, remote_name, files, streaming, cache_dir, num_proc)
         except FinewebError:
@@ -436,7 +435,7 @@ def load_documents(dataset, remote_name, files, text_column, streaming, cache_di
         except StopIteration:  # datasets' json builder on a file without records
             raise FinewebError("the input has no documents")
         except (datasets.exceptions.DatasetGenerationError, UnicodeDecodeError) as e:
-            raise explain_read_error(e, input_files(dataset, files), logged)
+            raise explain_read_error(e, input_files(dataset, files))
         except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:  # ConnectionError, HTTP errors, names
             what = (", ".join(files) if files else
                     f"dataset {dataset!r}" + (f" ({remote_name})" if remote_name else ""))
@@ -461,52 +460,32 @@ def iter_texts(ds, text_column, paths=(), start=0):
 
     if start:
         ds = ds.skip(start)
-    with datasets_output(progress=True) as logged:  # a streamed file is opened, and fails, only here
-        try:
-            for batch in ds.iter(batch_size=READ_BATCH):
-                if text_column not in batch:
-                    raise FinewebError(f"the input has no column {text_column!r} (it has {', '.join(batch)}); "
-                                       "choose one with --text-column")
-                yield from batch[text_column]
-        # pyarrow's ArrowInvalid is a ValueError: a broken json/parquet file
-        except (UnicodeDecodeError, datasets.exceptions.DatasetGenerationError, OSError, ValueError) as e:
-            raise explain_read_error(e, paths, logged)
+    try:  # a streamed file is opened, and fails, only here
+        for batch in ds.iter(batch_size=READ_BATCH):
+            if text_column not in batch:
+                raise FinewebError(f"the input has no column {text_column!r} (it has {', '.join(batch)}); "
+                                   "choose one with --text-column")
+            yield from batch[text_column]
+    # pyarrow's ArrowInvalid is a ValueError: a broken json/parquet file
+    except (UnicodeDecodeError, datasets.exceptions.DatasetGenerationError, OSError, ValueError) as e:
+        raise explain_read_error(e, paths)
 
 
 @contextlib.contextmanager
-def datasets_output(progress):
-    """What datasets prints while it reads: its progress bars (and the hub's) only when `progress`, and
-    never its ERROR log lines (a broken JSON file's `Failed to load JSON from file ...`): datasets raises
-    every error it logs, and main() prints that as our one `error:` line. Yields the lines it held back,
-    from which explain_read_error takes the file's name."""
+def datasets_progress(shown):
+    """--quiet: no progress bars from datasets and the hub either. Both switches are process-wide, so they
+    are put back afterwards (demo.py and the tests go on in this process)."""
     import datasets
     import huggingface_hub.utils as hub
 
-    logged = []
-
-    def hold_errors(record):
-        if record.levelno < logging.ERROR:
-            return True
-        logged.append(record.getMessage())
-        return False
-
-    handlers = list(logging.getLogger("datasets").handlers)
-    for handler in handlers:
-        handler.addFilter(hold_errors)
-    bars = [(datasets.utils, datasets.utils.are_progress_bars_disabled()), (hub, hub.are_progress_bars_disabled())]
+    turned_off = [lib for lib in (datasets.utils, hub) if not shown and not lib.are_progress_bars_disabled()]
+    for lib in turned_off:
+        lib.disable_progress_bars()
     try:
-        if not progress:
-            for lib, _ in bars:
-                lib.disable_progress_bars()
-        yield logged
-        for line in logged:  # an error that datasets logged but did not raise: not ours to hide
-            print(line, file=sys.stderr)
+        yield
     finally:
-        for handler in handlers:
-            handler.removeFilter(hold_errors)
-        for lib, disabled in bars:  # both switches are process-wide: demo.py and the tests go on in this process
-            if not progress and not disabled:
-                lib.enable_progress_bars()
+        for lib in turned_off:
+            lib.enable_progress_bars()
 
 
 def input_files(dataset, files):
@@ -519,8 +498,9 @@ def input_files(dataset, files):
     return []
 
 
-def explain_read_error(e, paths, logged=()):
-    """One line for a failure to read the input, naming the file: datasets' exceptions do not say which."""
+def explain_read_error(e, paths):
+    """One line for a failure to read the input, naming a file that is not UTF-8: datasets' exceptions do
+    not say which file it was (its own log line before ours names a file it could not parse)."""
     cause = e if isinstance(e, UnicodeDecodeError) else (e.__cause__ or e)
     if isinstance(cause, UnicodeDecodeError) or "utf-8" in str(cause).lower():  # ujson: "Invalid octet in UTF-8"
         for path in paths:
@@ -532,9 +512,7 @@ def explain_read_error(e, paths, logged=()):
                                     "re-encode it or leave it out")
         if isinstance(cause, UnicodeDecodeError):
             return FinewebError(f"the input is not UTF-8 text ({cause.reason} at offset {cause.start})")
-    # datasets names the file only in the log line it held back (see datasets_output): 'PATH'
-    named = next((p for p in paths if any(f"'{p}'" in line for line in logged)), None)
-    return FinewebError(f"cannot read {named or 'the input'}: {_one_line(cause)}")
+    return FinewebError(f"cannot read the input: {_one_line(cause)}")
 
 
 def first_non_utf8(path, chunk=1 << 20):

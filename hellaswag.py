@@ -105,8 +105,10 @@ def download(split="val", folder=None, url=None, sha256=None, progress=True, tim
 
 
 def data_file(split="val", path=None):
-    """The file to read: `path` if given, else $HELLASWAG_FILE if set, else the (downloaded) cached split."""
-    for given, name in ((path, "HellaSwag file"), (os.environ.get("HELLASWAG_FILE"), "HELLASWAG_FILE")):
+    """The file to read: `path` if given, else for the val split $HELLASWAG_FILE if set (a local copy of
+    it), else the (downloaded) cached split."""
+    env = os.environ.get("HELLASWAG_FILE") if split == "val" else None
+    for given, name in ((path, "HellaSwag file"), (env, "HELLASWAG_FILE")):
         if given:
             if not os.path.isfile(given):
                 raise ValueError(f"{name} {given} does not exist")
@@ -332,12 +334,12 @@ def main(argv=None):
         device = resolve_device(args.device)
         dtype = AUTOCAST[default_dtype(device.split(":")[0], args.dtype)]
         # a given file is scored whatever split it holds: --split would only put a wrong label on it
-        given = args.file or os.environ.get("HELLASWAG_FILE")
-        if given and args.split:
-            source = f"--file {given}" if args.file else f"HELLASWAG_FILE={given}"
-            raise ValueError(f"--split {args.split} picks a file to download, but {source} is scored as given: "
-                             "drop --split")
-        file = data_file(args.split or "val", args.file)
+        # a given file is scored whatever split it holds: --split would only put a wrong label on it
+        if args.file and args.split:
+            raise ValueError(f"--split {args.split} picks a split to read, but --file {args.file} is scored as "
+                             "given: drop one of them")
+        split = args.split or "val"
+        file = data_file(split, args.file)  # $HELLASWAG_FILE stands for the val split
         examples = list(iterate_examples(path=file))[:args.limit]
         get_encoding()  # a missing tokenizer should fail before the model loads
         try:
@@ -351,7 +353,7 @@ def main(argv=None):
             raise ValueError(f"cannot use device {device!r} ({str(e).strip().splitlines()[0]})") from e
         print(f"model {args.model}: {model.num_params() / 1e6:.2f}M parameters, on {device}, "
               f"{'bfloat16 autocast' if dtype else 'float32'}, {args.batch_size} examples per forward pass")
-        print(f"HellaSwag{'' if given else ' ' + (args.split or 'val')}: {len(examples)} examples from {file}")
+        print(f"HellaSwag{'' if args.file else ' ' + split}: {len(examples)} examples from {file}")
         t0 = time.time()
         num_correct_norm, num_correct, num_total = evaluate(model, examples, device, args.batch_size, dtype,
                                                             progress=sys.stderr.isatty())

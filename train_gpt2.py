@@ -500,8 +500,8 @@ def remove_stale_files(log_dir, print0):
 # -----------------------------------------------------------------------------
 # preemption: SLURM and cloud schedulers send SIGTERM, then SIGKILL after a grace period (torchrun passes
 # SIGTERM on to its workers); SIGUSR1 is SLURM's usual early warning (`#SBATCH --signal=USR1@120`).
-# Ctrl-C (SIGINT) stops the same way, so that it does not lose the steps since the last checkpoint;
-# a second Ctrl-C quits at once.
+# Ctrl-C (SIGINT) stops the same way once a step has ended, so that it does not lose the steps since the
+# last checkpoint; before that (a wrong flag, a long compile) and at a second Ctrl-C it quits at once.
 
 
 class Preemption:
@@ -511,7 +511,7 @@ class Preemption:
 
     def __init__(self):
         self.received = 0  # the number of the last signal received, 0 if none
-        self.first_ctrl_c = None  # when the first SIGINT came (time.monotonic())
+        self.step_ended = False  # set by the loop: from then on a Ctrl-C has steps to save
         self.previous = {}
         try:
             self.previous = {s: signal.signal(s, self._note) for s in self.SIGNALS}
@@ -520,14 +520,11 @@ class Preemption:
 
     def _note(self, signum, frame):
         if signum == signal.SIGINT:
-            # under torchrun a worker gets Ctrl-C twice at once (from the terminal, and passed on by torchrun):
-            # only one a second or more after the first is the user's second
-            if self.first_ctrl_c is not None and time.monotonic() - self.first_ctrl_c >= 1:
-                raise KeyboardInterrupt
-            if self.first_ctrl_c is None and int(os.environ.get("RANK", 0)) == 0:
+            if not self.step_ended or self.received == signal.SIGINT:
+                raise KeyboardInterrupt  # nothing to save yet, or the second Ctrl-C
+            if int(os.environ.get("RANK", 0)) == 0:
                 # os.write, not print: a handler can run in the middle of a print to the same stream
                 os.write(2, b"Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again to quit at once)\n")
-            self.first_ctrl_c = self.first_ctrl_c or time.monotonic()
         self.received = signum
 
     def agreed(self, device, world_size):
@@ -621,6 +618,7 @@ def train(args, preemption):
     log = RunLog(os.path.join(args.log_dir, "log.txt"), start_step) if master else None
     lr_at = lambda s: get_lr(s, args.max_lr, args.min_lr, args.warmup_steps, args.max_steps)
 
+    signum = 0  # the signal that ends this run early, if one does
     for step in range(start_step, args.max_steps):
         t0 = time.time()
         last_step = step == args.max_steps - 1
@@ -675,6 +673,7 @@ def train(args, preemption):
         print0(format_step(step, loss_value, lr, norm_value, dt * 1000, tokens_per_sec), flush=True)
         if master:
             log.write(step, "train", loss_value)
+        preemption.step_ended = True
 
         # a checkpoint at the end of this step if it is time, or if a signal or --stop-after ends this job
         signum = preemption.agreed(device, world_size)
@@ -694,6 +693,7 @@ def train(args, preemption):
         # rendezvous store under it and abort at exit (seen with two nodes on loopback)
         dist.barrier()
         dist.destroy_process_group()
+    return signum
 
 
 def main(argv=None):
@@ -701,12 +701,14 @@ def main(argv=None):
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     if world_size > 1:
         whole_lines()
-    preemption = Preemption()  # from the start: a signal during setup stops the run after its first step
+    preemption = Preemption()  # from the start: SIGTERM during setup stops the run after its first step
     try:
         check_args(args, world_size)
-        train(args, preemption)
-    except KeyboardInterrupt:  # the second Ctrl-C
-        fail(f"interrupted; --resume auto continues from the newest complete checkpoint in {args.log_dir}/", code=130)
+        if train(args, preemption) == signal.SIGINT:
+            die_of_sigint()  # after its checkpoint
+    except KeyboardInterrupt:  # a Ctrl-C before the first step ended, or a second one
+        fail(f"interrupted; --resume auto continues from the newest complete checkpoint in {args.log_dir}/, "
+             "if there is one", sigint=True)
     except (ValueError, TokenizerUnavailable, OSError) as e:
         # DataError, ConfigError, CheckpointError, the models' own checks; OSError: the environment (a log
         # folder this user may not write, a full disk while writing log.txt)
@@ -732,7 +734,7 @@ def whole_lines():
             stream.reconfigure(line_buffering=True, write_through=False)
 
 
-def fail(message, code=1):
+def fail(message, sigint=False):
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"error: {message}", file=sys.stderr)
     else:
@@ -741,7 +743,18 @@ def fail(message, code=1):
         time.sleep(2)
     if dist.is_initialized():
         dist.destroy_process_group()
-    sys.exit(code)
+    if sigint:
+        die_of_sigint()
+    sys.exit(1)
+
+
+def die_of_sigint():
+    """End as Ctrl-C's default would (status 130 in a shell): a shell loop or `&&` chain stops too, which a
+    plain exit status would not make it do."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 if __name__ == "__main__":

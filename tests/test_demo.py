@@ -77,6 +77,22 @@ def test_demo_refuses_nonpositive_steps_before_building_anything(tmp_path):
     assert os.listdir(tmp_path) == []  # no corpus cache, shards or log
 
 
+def test_demo_leaves_the_checkpoints_in_a_folder_of_the_users_alone(tmp_path):
+    # the demo starts afresh only in its own demo_log/; in another folder train_gpt2.py's refusal speaks
+    log = tmp_path / "log"
+    log.mkdir()
+    for name in ("model_19073.pt", "model_19073.pt.json"):
+        (log / name).write_text("a real run's\n")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "demo.py"), "--corpus", "pydoc", "--steps", "1",
+                          "--data-dir", str(tmp_path / "data"), "--log-dir", str(log)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[-1] == (f"error: {log}/ already holds a run's checkpoints (newest: model_19073.pt);"
+                                           " continue it with --resume auto, or start a new run in another --log-dir "
+                                           "(or move them away)")
+    assert sorted(os.listdir(log)) == ["model_19073.pt", "model_19073.pt.json"]
+
+
 def test_plot_script_without_an_extension_prints_the_png_it_wrote(tmp_path):
     out = subprocess.run([sys.executable, "plot_log.py", REAL_LOG, "-o", str(tmp_path / "loss")], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)

@@ -413,14 +413,18 @@ def test_cli_bad_inputs_give_one_error_line(tmp_path, model, case):
     assert message.startswith("error: ") and "\n" not in message
 
 
-def test_cli_refuses_a_split_for_a_file_it_would_mislabel(tmp_path, monkeypatch):
+def test_cli_refuses_a_split_beside_a_file_and_reads_hellaswag_file_as_the_val_split(tmp_path, monkeypatch):
     # the file given is what gets scored: a --split label on it could name the wrong split
     file = write_jsonl(tmp_path / "hellaswag_val.jsonl", written_examples(3))
     assert run_cli_in_process(["--file", file, "--split", "train"]) == \
-        f"error: --split train picks a file to download, but --file {file} is scored as given: drop --split"
+        f"error: --split train picks a split to read, but --file {file} is scored as given: drop one of them"
+    # $HELLASWAG_FILE is a local copy of the val split: what --split val (or no --split) reads, and only that
     monkeypatch.setenv("HELLASWAG_FILE", file)
-    assert run_cli_in_process(["--split", "val"]) == \
-        f"error: --split val picks a file to download, but HELLASWAG_FILE={file} is scored as given: drop --split"
+    monkeypatch.setenv("HELLASWAG_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    train = write_jsonl(tmp_path / "cache" / "hellaswag_train.jsonl", written_examples(2))  # as if downloaded
+    assert hellaswag.data_file("val") == file
+    assert hellaswag.data_file("train") == train
 
 
 @pytest.mark.parametrize("device, expected", [
