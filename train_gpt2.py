@@ -11,7 +11,8 @@ Every step processes ~0.5M tokens (GPT-3 small's batch size), split into micro-b
 per process and accumulated. The defaults reproduce the lecture's run: 19,073 steps = 10B tokens = one
 epoch of sample-10BT. Validation loss and HellaSwag every 250 steps, samples every 250, checkpoints
 every 5,000, all written to log/. `--resume auto` continues a run exactly where its last complete checkpoint
-left it, after any kill; SIGTERM or SIGUSR1 (a preemption) ends the run after the current step with a checkpoint.
+left it, after any kill; SIGTERM or SIGUSR1 (a preemption), and Ctrl-C once a step has ended, end the run after
+the current step with a checkpoint.
 """
 
 import argparse
