@@ -183,7 +183,7 @@ def render_example(example, enc=None, block_size=None):
         if longest_ending >= block_size:  # the first ending token needs one context token before it
             raise ValueError(f"an ending of {longest_ending} tokens does not fit block_size {block_size}")
         ctx_tokens = ctx_tokens[len(ctx_tokens) + longest_ending - block_size:]
-    n_ctx, L = len(ctx_tokens), len(ctx_tokens) + longest_ending
+    n_ctx = len(ctx_tokens)
     tokens = torch.tensor([ctx_tokens + end + [0] * (longest_ending - len(end)) for end in ending_tokens])
     mask = torch.tensor([[0] * n_ctx + [1] * len(end) + [0] * (longest_ending - len(end)) for end in ending_tokens])
     data = {"label": example["label"], "ctx_tokens": ctx_tokens, "ending_tokens": ending_tokens}
@@ -333,7 +333,6 @@ def main(argv=None):
             raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
         device = resolve_device(args.device)
         dtype = AUTOCAST[default_dtype(device.split(":")[0], args.dtype)]
-        # a given file is scored whatever split it holds: --split would only put a wrong label on it
         # a given file is scored whatever split it holds: --split would only put a wrong label on it
         if args.file and args.split:
             raise ValueError(f"--split {args.split} picks a split to read, but --file {args.file} is scored as "

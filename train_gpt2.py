@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from dataloaderlite import DataError, DataLoaderLite
+from dataloaderlite import DataLoaderLite
 from fineweb import fsync_dir
 from gpt2_modules import (AUTOCAST, GPT, MODEL_SIZES, GPTConfig, default_dtype, generate, load_checkpoint,
                           resolve_device)
