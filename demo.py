@@ -126,7 +126,8 @@ def main(argv=None):
 
     print("== 4/4 plot (plot_log.py)", flush=True)
     log = os.path.join(args.log_dir, "log.txt")
-    print(f"wrote {plot_log.plot(log, os.path.join(args.log_dir, 'loss.png'))}")
+    # no reference lines: the cited GPT-2 figures are losses on FineWeb-Edu, not on this corpus
+    print(f"wrote {plot_log.plot(log, os.path.join(args.log_dir, 'loss.png'), references=False)}")
     val = plot_log.read_log(log)["val"][1]
     print(f"validation loss: {val[0]:.4f} at step 0 -> {val[-1]:.4f} at the end ({val[0] - val[-1]:.2f} nats lower)")
 

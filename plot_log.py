@@ -13,7 +13,7 @@ from collections import defaultdict
 
 # reference figures, cited from the lecture (not measured by this repo)
 REFERENCES = {
-    "val": [("OpenAI GPT-2 (124M) checkpoint", 3.2924)],  # its loss on FineWeb-Edu val (sample-10BT shard 0)
+    "val": [("OpenAI GPT-2 (124M) on FineWeb-Edu val", 3.2924)],  # sample-10BT's shard 0, as fineweb.py writes it
     # the lecture's plotting code: GPT-2 124M at 0.2945 (its hellaswag.py's docstring prints 0.2955), and
     # GPT-3 124M's 0.337 from the GPT-3 paper
     "hella": [("OpenAI GPT-2 (124M)", 0.2945), ("OpenAI GPT-3 (124M)", 0.337)],

@@ -53,6 +53,15 @@ def test_demo_reduced_run_trains_and_its_validation_loss_falls(tmp_path):
     assert val[0] - val[-1] >= 2.0, val  # measured: 3.15 nats after 12 steps (2-core CPU, 2026-11-25)
     with open(log_dir / "loss.png", "rb") as f:
         assert f.read(8) == PNG_MAGIC
+    # no red reference line: the cited GPT-2 loss was measured on FineWeb-Edu, not on the demo's Bible
+    assert red_pixels(log_dir / "loss.png") == 0
+
+
+def red_pixels(png):
+    """Pixels of pure red, the colour of plot_log's cited reference lines."""
+    import matplotlib.image
+    rgb = matplotlib.image.imread(str(png))[..., :3]
+    return int(((rgb[..., 0] > 0.95) & (rgb[..., 1] < 0.05) & (rgb[..., 2] < 0.05)).sum())
 
 
 def test_plot_script_writes_a_png_from_a_real_training_log(tmp_path):
@@ -68,6 +77,7 @@ def test_plot_script_writes_a_png_from_a_real_training_log(tmp_path):
     import matplotlib.image
     height, width, _ = matplotlib.image.imread(str(tmp_path / "p.png")).shape
     assert (width, height) == (1400, 500)  # two panels: loss and HellaSwag
+    assert red_pixels(tmp_path / "p.png") > 100  # the cited references: GPT-2's FineWeb-Edu loss, its HellaSwag
 
 
 def test_plot_script_rejects_a_file_that_is_not_a_training_log(tmp_path):
