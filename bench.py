@@ -5,7 +5,8 @@ Training-step throughput and MFU: the lecture's settings against candidate speed
     python bench.py --total-batch-size 262144 --time-budget 540  # one GPU: gpt2 124M, B=64, T=1024, the CUDA list
     python bench.py --device cpu --n-layer 4 --n-head 4 --n-embd 256 -B 8 -T 256 --rounds 3 \\
         --estimator best-round --cold-compile                    # this repo's CPU measurement (~20-30 min)
-    python bench.py --configs baseline,best --profile trace.json # + chrome traces of 3 steps (chrome://tracing)
+    python bench.py --configs baseline,best --profile trace.json # + chrome traces of 3 steps and a table of
+                                                                 # the ops that took the most time (trace.*.txt)
 
 A step is what train_gpt2.py does per optimizer step: grad_accum micro-batches of B x T random tokens
 (forward, backward; random tokens time the same as text, and need neither the tokenizer nor the
@@ -408,6 +409,13 @@ def run_config(job, log):
                 synchronize(device)
             prof.export_chrome_trace(job["profile"])
             log(f"wrote the profiler trace of {job['profile_steps']} steps to {job['profile']}")
+            # the trace of a GPU step can be too large to fetch from a lent machine; the table of the ops
+            # and kernels that took the most time, each counted once (self time), tells where the step goes
+            summary = os.path.splitext(job["profile"])[0] + ".txt"
+            sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            with open(summary, "w") as f:
+                f.write(prof.key_averages().table(sort_by=sort, row_limit=40) + "\n")
+            log(f"wrote the ops that took the most {sort} to {summary}")
 
     tokens = B * T * grad_accum
     result.update(step_s=times, steps_timed=len(times), step_s_median=statistics.median(times),
@@ -540,7 +548,8 @@ def parse_args(argv=None):
     p.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "results.jsonl"),
                    help="append one JSON line per configuration here")
     p.add_argument("--profile", default=None,
-                   help="write a chrome trace of a few steps here (with several configs: NAME.<config>.json)")
+                   help="write a chrome trace of a few steps here (with several configs: NAME.<config>.json), and beside it "
+                        "(.txt) the table of the ops that took the most time")
     p.add_argument("--profile-steps", type=int, default=3)
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)

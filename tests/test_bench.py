@@ -186,3 +186,25 @@ def test_a_timeout_shorter_than_the_budget_floor_is_applied_not_reported_as_no_t
     assert table_rows(r.stdout)["baseline"][-1] == "timeout"
     (line,) = [json.loads(line) for line in results.read_text().splitlines()]
     assert (line["status"], line["error"]) == ("timeout", "killed after 0.2 s (--timeout)")
+
+
+def seconds(text):
+    """The profiler table's times ('469.369us', '1.832ms') in seconds."""
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1}[unit]
+
+
+def test_profile_writes_a_chrome_trace_and_a_table_of_where_the_step_went(tmp_path):
+    results, trace = tmp_path / "results.jsonl", tmp_path / "trace.json"
+    r = run_bench("--configs", "fp32", "--profile", str(trace), "--profile-steps", "1", "--results", str(results))
+    assert r.returncode == 0, r.stderr
+    for name in ("baseline", "fp32"):  # several configurations: one trace and one table each
+        events = json.loads((tmp_path / f"trace.{name}.json").read_text())["traceEvents"]
+        assert any(e.get("name") == "aten::addmm" for e in events)  # nn.Linear's matmul is in the trace
+        table = (tmp_path / f"trace.{name}.txt").read_text()
+        assert table.splitlines()[1].split()[1:3] == ["Self", "CPU"] and "Self CPU time total:" in table
+        # rows sorted by self time, the first took the most: name, self %, self time, ...
+        rows = [re.split(r"\s{2,}", line.strip()) for line in table.splitlines()[3:] if re.search(r"\d%", line)]
+        self_s = [seconds(row[2]) for row in rows]
+        assert len(rows) >= 10 and self_s == sorted(self_s, reverse=True) and "aten::addmm" in [r[0] for r in rows]
+    assert f"wrote the ops that took the most self_cpu_time_total to {tmp_path}/trace.fp32.txt" in r.stdout
