@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The GPU check of issue 6, as one prepared call: sized for the 15 minutes of device time a lent machine now
-# gives a whole session (its start, a minute or two, counts too), so that the parts most worth knowing run
-# first and a rerun still fits.
+# The GPU check of issue 6, as one prepared call, sized for the 15 minutes of device time a lent machine now
+# gives a whole session (its start, a minute or two, counts too): the parts most worth knowing run first, and
+# with every part cut at its cap the whole call still ends within ~9 minutes.
 #
 #   bash benchmarks/gpu_check.sh prepare    # here, before asking for the machine: fills the git-ignored .gpu/
-#   bash benchmarks/gpu_check.sh            # there (the device tool's run, carry [".gpu"]): results into $OUT
+#   bash benchmarks/gpu_check.sh            # there (the device tool's run: carry [".gpu"], timeout_s 600)
 #
 # prepare puts into .gpu/ what the machine cannot download: the GPT-2 BPE files for tiktoken, shards of the
 # King James Bible (the demo's corpus, ~1M tokens; FineWeb-Edu is out of reach) and the HellaSwag val split
