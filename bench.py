@@ -548,8 +548,8 @@ def parse_args(argv=None):
     p.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "results.jsonl"),
                    help="append one JSON line per configuration here")
     p.add_argument("--profile", default=None,
-                   help="write a chrome trace of a few steps here (with several configs: NAME.<config>.json), and beside it "
-                        "(.txt) the table of the ops that took the most time")
+                   help="write a chrome trace of a few steps here (with several configs: NAME.<config>.json), "
+                        "and beside it (.txt) the table of the ops that took the most time")
     p.add_argument("--profile-steps", type=int, default=3)
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)

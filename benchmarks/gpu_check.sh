@@ -42,8 +42,8 @@ if [ "${1:-}" = prepare ]; then
         head -n 200 "$GPU/hellaswag_val.jsonl" > "$GPU/hellaswag_val_200.jsonl"
     fi
     # the device gets a copy of the working tree without .git: say here which code it runs
-    echo "code, as prepared: $(git log -1 --format='%h %s' | cut -c1-100)$(git diff --quiet HEAD || echo ' + uncommitted changes')" \
-        > "$GPU/revision"
+    dirty=$(git diff --quiet HEAD || echo " + uncommitted changes")
+    echo "code, as prepared: $(git log -1 --format='%h %s' | cut -c1-100)$dirty" > "$GPU/revision"
     du -sh "$GPU"
     exit 0
 fi
