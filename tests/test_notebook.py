@@ -42,9 +42,10 @@ def executed(tmp_path_factory):
     path = tmp / "train_gpt2.ipynb"
     shutil.copy(NOTEBOOK, path)
     nb = nbformat.read(path, as_version=4)
-    # the kernel inherits this process's environment, TIKTOKEN_CACHE_DIR (set by conftest.py) included
+    # the kernel inherits this process's environment; an empty tokenizer cache, as on a newcomer's fresh machine
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("JUPYTER_PATH", this_python_kernel(str(tmp)))
+        mp.setenv("TIKTOKEN_CACHE_DIR", str(tmp / "tiktoken"))
         mp.setenv("HF_HUB_OFFLINE", "1")  # hermetic online too: no 500 MB download of OpenAI's checkpoint
         client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                          resources={"metadata": {"path": ROOT}})
@@ -63,6 +64,7 @@ def test_notebook_ran_in_this_python_without_errors(executed):
 
 @pytest.mark.slow
 def test_notebook_tokenizes_the_prompt_and_counts_124m_parameters(executed):
+    # from the empty cache: tiktoken downloaded its files, or (here, offline) they came from a registry
     assert "8 ids: [15496, 11, 314, 1101, 257, 3303, 2746, 11]" in text_of(executed["tokenizer"])
     out = text_of(executed["param-count"])
     assert "parameters: 124,439,808" in out
