@@ -556,8 +556,10 @@ def train(args, preemption):
     print0(f"using device: {device} x {world_size} process(es) | dtype {dtype} | compile {use_compile} | "
            f"torch {torch.__version__} | python {platform.python_version()} | {platform.node()}")
     print0("config: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
-    # before anything slow: which checkpoint this run continues, if any (or why it may not start)
+    # before anything slow: which checkpoint this run continues, if any (or why it may not start), and the
+    # tokenizer the samples need (an empty offline cache is an error line now, not after the model is built)
     resume_path = find_resume_checkpoint(args.resume, args.log_dir, warn=lambda m: print0(m, file=sys.stderr))
+    enc = get_encoding()
 
     torch.manual_seed(args.seed)
     if torch.cuda.is_available():
@@ -611,7 +613,6 @@ def train(args, preemption):
         model = torch.compile(model)
     if world_size > 1:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
-    enc = get_encoding()
 
     os.makedirs(args.log_dir, exist_ok=True)
     if master:

@@ -21,6 +21,7 @@ import gpt2_modules
 import train_gpt2
 from gpt2_modules import load_checkpoint
 from gpt2_tokenizer import EOT
+from test_gpt2_tokenizer import NO_NETWORK
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "train_gpt2.py")
@@ -520,6 +521,16 @@ def test_device_cuda_without_a_gpu_is_an_error_line(data_root, tmp_path):
     # a real interpreter: nothing else (a warning, a traceback) may reach stderr
     line = assert_one_error_line(run_script(tiny(data_root, tmp_path, "--device", "cuda")))
     assert "--device cuda" in line and "no CUDA GPU" in line
+
+
+def test_an_empty_tokenizer_cache_offline_is_an_error_line_before_the_model_is_built(data_root, tmp_path):
+    # the samples need the tokenizer; it used to be fetched after the model was built and compiled
+    env = {"TIKTOKEN_CACHE_DIR": str(tmp_path / "empty_cache"), "NO_PROXY": "", "no_proxy": "", **NO_NETWORK}
+    result = run_script(tiny(data_root, tmp_path / "log"), env=env)
+    line = assert_one_error_line(result)
+    assert "neither downloadable nor cached" in line and "python gpt2_tokenizer.py --seed-cache" in line, line
+    assert "num decayed parameter tensors" not in result.stdout  # configure_optimizers never ran
+    assert not os.path.exists(tmp_path / "log")
 
 
 def test_resume_of_a_missing_file_is_an_error_line(data_root, tmp_path, capsys):
