@@ -499,8 +499,8 @@ def input_files(dataset, files):
 
 
 def explain_read_error(e, paths):
-    """One line for a failure to read the input, naming a file that is not UTF-8: datasets' exceptions do
-    not say which file it was (its own log line before ours names a file it could not parse)."""
+    """One line for a failure to read the input, naming the file that is not UTF-8 or not JSON: datasets'
+    exceptions do not say which file it was (and pyarrow's "in row N" counts rows of a block, not lines)."""
     cause = e if isinstance(e, UnicodeDecodeError) else (e.__cause__ or e)
     if isinstance(cause, UnicodeDecodeError) or "utf-8" in str(cause).lower():  # ujson: "Invalid octet in UTF-8"
         for path in paths:
@@ -512,7 +512,41 @@ def explain_read_error(e, paths):
                                     "re-encode it or leave it out")
         if isinstance(cause, UnicodeDecodeError):
             return FinewebError(f"the input is not UTF-8 text ({cause.reason} at offset {cause.start})")
+    # pyarrow's "JSON parse error: ..." and ujson's messages differ by the file's layout: parse the files ourselves
+    for path in paths:
+        if FILE_BUILDERS[os.path.splitext(path)[1].lower()] == "json" and (bad := first_bad_json(path)):
+            line, column, reason = bad
+            return FinewebError(f"{path} line {line} is not valid JSON ({reason.removesuffix(' at')} at column "
+                                f"{column}); fix it or leave the file out")
     return FinewebError(f"cannot read the input: {_one_line(cause)}")
+
+
+def first_bad_json(path):
+    """(line, column, reason) of the first line of a JSON-lines file that does not parse, or None. datasets also reads
+    a .json file that is one document (an array of records, say): a file whose first line does not parse is
+    read as one, and its own error, if any, is reported."""
+    first = None
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                first = first or n
+                try:
+                    json.loads(line.rstrip("\r\n"))  # the column then counts within this line
+                except json.JSONDecodeError as e:
+                    if n > first:
+                        return n, e.colno, e.msg
+                    break
+            else:
+                return None
+        with open(path, encoding="utf-8") as f:
+            json.load(f)
+    except json.JSONDecodeError as e:
+        return e.lineno, e.colno, e.msg
+    except (UnicodeDecodeError, OSError):  # not UTF-8 (named by explain_read_error), or unreadable
+        return None
+    return None
 
 
 def first_non_utf8(path, chunk=1 << 20):

@@ -424,7 +424,7 @@ def test_broken_json_foreign_shards_and_a_broken_manifest_fail_cleanly(tmp_path,
     (tmp_path / "in" / "docs.jsonl").write_text('{"text": "fine"}\n{"text": "no closing brace"\n')
     # a subprocess: datasets logs through a handler that it bound to the stderr of the process's start
     r = run_cli(["--files", str(tmp_path / "in" / "docs.jsonl"), "--local-dir", "out"], tmp_path)
-    assert_clean_failure(r, str(tmp_path / "out"), "cannot read", "JSON parse error")
+    assert_clean_failure(r, str(tmp_path / "out"), "docs.jsonl line 2 is not valid JSON")
     # a folder with shards this script did not make (no manifest) is never written into
     files = write_input(tmp_path / "in2", "jsonl")
     (tmp_path / "lecture").mkdir()
@@ -448,8 +448,23 @@ def test_a_broken_json_file_among_several_is_named_and_the_last_line_is_ours(tmp
                 tmp_path)
     assert_clean_failure(r, str(tmp_path / "out"))
     assert f"'{bad}'" in r.stderr and "Traceback" not in r.stderr
-    assert r.stderr.splitlines()[-1] == ("error: cannot read the input: JSON parse error: Missing a comma or '}' "
-                                         "after an object member. in row 1")
+    assert r.stderr.splitlines()[-1] == f"error: {bad} line 2 is not valid JSON (Expecting ',' delimiter at " \
+                                        "column 28); fix it or leave the file out"
+
+
+def test_a_json_file_of_one_document_is_read_and_named_with_its_line_when_broken(tmp_path, capsys):
+    # datasets reads a .json file that is one JSON array of records as well as JSON lines
+    (tmp_path / "in").mkdir()
+    good, bad = tmp_path / "in" / "good.json", tmp_path / "in" / "bad.json"
+    good.write_text(json.dumps([{"text": doc} for doc in DOCS[:3]], indent=1))
+    bad.write_text('[{"text": "a"},\n {"text": "b"}\n')  # the closing bracket is missing
+    fineweb.main(["--files", str(good), "--local-dir", str(tmp_path / "out"), "--shard-size", str(SHARD),
+                  "--cache-dir", str(tmp_path / "hf"), "--num-proc", "1", "--quiet"])
+    assert sum(len(np.load(p)) for p in shard_files(tmp_path / "out")) > 0
+    err = fail_inprocess(["--files", str(good), str(bad), "--local-dir", str(tmp_path / "out2"),
+                          "--cache-dir", str(tmp_path / "hf2")], capsys)
+    assert_clean_failure(err, str(tmp_path / "out2"),
+                         f"{bad} line 3 is not valid JSON (Expecting ',' delimiter at column 1)")
 
 
 def test_quiet_silences_the_progress_bars_of_datasets_too_and_restores_them(tmp_path, capsys):
