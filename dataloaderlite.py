@@ -14,8 +14,8 @@ header as training does at start-up (a missing split or a broken shard gives tra
 
 The token order is the lecture's: rank r reads B*T+1 tokens at offset r*B*T of the current step,
 a step moves B*T*num_processes tokens, and a shard that cannot hold another whole step hands over
-to the next one (after the last shard: shard 0 again, a new epoch). Extras that leave that order
-alone: a memory footprint of a few batches whatever the shard size, state_dict()/load_state_dict()
+to the next one (after the last shard: shard 0 again, a new epoch); a shard shorter than one step
+(fineweb.py's leftover last shard can be) is skipped. Extras that leave that order alone: a memory footprint of a few batches whatever the shard size, state_dict()/load_state_dict()
 for exact resumption, DataError on bad shards, and shuffle=True (off by default).
 """
 
@@ -80,14 +80,24 @@ class DataLoaderLite:
         self.device = torch.device(device)
         self.step_tokens = B * T * num_processes  # how far one step moves, all ranks together
 
-        self.shards = find_shards(data_root, split)
-        self.offsets, self.lengths = zip(*map(read_header, self.shards))
-        for path, n in zip(self.shards, self.lengths):
-            if n < self.step_tokens + 1:
-                raise DataError(f"{path} has {n:,} tokens, fewer than one step needs: B*T*num_processes+1 = "
-                                f"{B}*{T}*{num_processes}+1 = {self.step_tokens + 1:,}; use a smaller B or T")
+        shards = find_shards(data_root, split)
+        headers = [read_header(path) for path in shards]  # every shard checked, the ones skipped below too
+        # a shard shorter than one step holds no batch: fineweb.py's last shard is what was left over, which can
+        # be a few tokens; it is skipped, as the loader skips the tail of every shard that is no whole step
+        need = self.step_tokens + 1
+        need_text = f"B*T*num_processes+1 = {B}*{T}*{num_processes}+1 = {need:,}"
+        kept = [(path, header) for path, header in zip(shards, headers) if header[1] >= need]
+        short = [(path, n) for path, (_, n) in zip(shards, headers) if n < need]
+        if not kept:
+            path, n = max(short, key=lambda s: s[1])
+            raise DataError(f"{path} has {n:,} tokens, fewer than one step needs: {need_text}, and no {split} shard "
+                            f"has more; use a smaller B or T")
+        self.shards = [path for path, _ in kept]
+        self.offsets, self.lengths = zip(*(header for _, header in kept))
         if verbose:
-            print(f"found {len(self.shards)} shards for split {split}")
+            print(f"found {len(shards)} shards for split {split}")
+            for path, n in short:
+                print(f"skipping {path}: its {n:,} tokens are fewer than one step needs ({need_text})")
         self.reset()
 
     def reset(self):
