@@ -297,8 +297,17 @@ def prepare_hellaswag(path, block_size, rank, world_size):
     import hellaswag
     try:
         hellaswag.render_share(path, block_size, rank, world_size)
+        problem = None
     except ValueError as e:
-        raise ConfigError(f"HellaSwag {path}: {e}; pass another --hellaswag-file or --no-hellaswag") from e
+        problem = str(e)
+    if world_size > 1:
+        # each rank renders its own share: an example too long for the model may be in another rank's, and only
+        # rank 0 prints the error line, so every rank stops with the first rank's problem
+        problems = [None] * world_size
+        dist.all_gather_object(problems, problem)
+        problem = next((p for p in problems if p), None)
+    if problem:
+        raise ConfigError(f"HellaSwag {path}: {problem}; pass another --hellaswag-file or --no-hellaswag")
 
 
 def print_samples(model, enc, rank, autocast_dtype, num=4, length=32, prompt="Hello, I'm a language model,"):
@@ -592,7 +601,9 @@ def train(args, preemption):
 
     start_step = 0
     if resume_path:
-        ckpt = load_checkpoint(resume_path, map_location=device)
+        # onto the CPU: torch.set_rng_state takes CPU tensors only (a checkpoint mapped to cuda failed there), and
+        # load_state_dict copies the weights and the optimizer's state onto the parameters' device
+        ckpt = load_checkpoint(resume_path, map_location="cpu")
         if ckpt["config"] != asdict(model.config):
             raise ConfigError(f"{resume_path} holds a model of another shape ({ckpt['config']}) "
                               f"than this run builds ({asdict(model.config)})")
