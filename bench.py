@@ -323,6 +323,12 @@ def run_config(job, log):
         model = torch.compile(raw_model, mode=s.compile) if s.compile else raw_model
     optimizer = make_optimizer(raw_model, s.adamw)
     cudagraphs = s.compile in ("reduce-overhead", "max-autotune")
+    if cudagraphs:
+        # with .grad unset, the first micro-step's backward hands its CUDA-graph output buffer to .grad as is,
+        # and the next replay overwrites it under the accumulation ("accessing tensor output of CUDAGraphs that
+        # has been overwritten", pytorch/pytorch#169545): .grad buffers of our own, zeroed in place, avoid it
+        for p in raw_model.parameters():
+            p.grad = torch.zeros_like(p)
 
     # a few distinct batches of random token ids, int64 on the host as DataLoaderLite hands them over
     g = torch.Generator().manual_seed(0)
@@ -336,7 +342,7 @@ def run_config(job, log):
 
     def train_step(step):
         nonlocal micro
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=not cudagraphs)
         loss_accum = torch.zeros((), device=device)
         for _ in range(grad_accum):
             x, y = batches[micro % len(batches)]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of issue 6, as one prepared call, sized for the 15 minutes of device time a lent machine now
 # gives a whole session (its start, a minute or two, counts too): the parts most worth knowing run first, and
-# with every part cut at its cap the whole call still ends within ~9 minutes.
+# with every part cut at its cap the whole call still ends within ~9.5 minutes (run it with timeout_s 600).
 #
 #   bash benchmarks/gpu_check.sh prepare    # here, before asking for the machine: fills the git-ignored .gpu/
 #   bash benchmarks/gpu_check.sh            # there (the device tool's run: carry [".gpu"], timeout_s 600)
@@ -11,15 +11,17 @@
 # (from ../shared/data when it is there; without it the HellaSwag parts are skipped).
 #
 # The run, each part capped by `timeout` (seconds), in this order; a part cut short keeps what it wrote:
-#   1. bench.py, gpt2 124M at B=64, T=1024: the lecture's settings against the compile modes never measured
-#      on a GPU (reduce-overhead = CUDA graphs; max-autotune without them), each with a profile of one
-#      step, to see where the time goes (the baseline reached 41% of the H100's peak)            (<= 240 s)
+#   1. bench.py, gpt2 124M at B=64, T=1024: the lecture's settings against the levers never measured on a
+#      GPU, cheapest first (no-sync, pinned and reduce-overhead reuse the baseline's compiled kernels from
+#      inductor's cache; reduce-overhead = CUDA graphs; max-autotune-no-cudagraphs, last, autotunes for
+#      minutes and may be cut), each with a profile of one step, to see where the time goes (the baseline
+#      reached 41% of the H100's peak)                                                            (<= 300 s)
 #   2. train_gpt2.py on CUDA, the lecture's configuration for 3 steps with validation, HellaSwag and samples,
 #      then --resume auto for 2 more: the code paths changed since the last GPU run               (<= 160 s)
 #   3. hellaswag_bench.py on 1,000 val examples: the vocabulary cut, never measured on a GPU        (<= 75 s)
 # Outputs ($OUT; at most 8 files come back): gpu_check.log (everything printed), results.jsonl (the bench and
-# HellaSwag lines, to append to benchmarks/results.jsonl), and per bench configuration profile.NAME.txt (the
-# ops and kernels by their own time) and profile.NAME.json.gz (the chrome trace).
+# HellaSwag lines, to append to benchmarks/results.jsonl), per bench configuration profile.NAME.txt (the ops
+# and kernels by their own time, 5 files) and profiles.tar.gz (their chrome traces, gzipped, in one file).
 #
 # MODEL_ARGS and BATCH_ARGS shrink the run for a try on a CPU (DEVICE=cpu), e.g.
 #   OUT=/tmp/out DEVICE=cpu MODEL_ARGS="--n-layer 2 --n-head 2 --n-embd 64" \
@@ -75,11 +77,14 @@ platform.python_version(), '|', torch.cuda.get_device_name() if torch.cuda.is_av
 } 2>&1 | tee "$LOG"
 
 # 1. what the compile modes do to the lecture's step (baseline first; the rest as the budget allows)
-part 240 "bench.py: baseline, reduce-overhead, max-autotune-no-cudagraphs" \
+part 300 "bench.py: baseline, no-sync, pinned, reduce-overhead, max-autotune-no-cudagraphs" \
     "$PY" bench.py --device "$DEVICE" $MODEL_ARGS $BATCH_ARGS \
-    --configs baseline,reduce-overhead,max-autotune-no-cudagraphs --steps 10 --warmup 2 --max-seconds 30 \
-    --timeout 150 --time-budget 230 --profile "$OUT/profile.json" --profile-steps 1 --results "$OUT/results.jsonl"
-gzip -f "$OUT"/profile.*.json 2>/dev/null
+    --configs baseline,no-sync,pinned,reduce-overhead,max-autotune-no-cudagraphs --steps 10 --warmup 2 \
+    --max-seconds 30 --timeout 200 --time-budget 290 --profile "$OUT/profile.json" --profile-steps 1 \
+    --results "$OUT/results.jsonl"
+# the traces in one file: the device tool brings back 8 files at most
+(cd "$OUT" && ls profile.*.json >/dev/null 2>&1 && gzip -f profile.*.json && tar -cf profiles.tar.gz profile.*.json.gz \
+    && rm -f profile.*.json.gz)
 
 # 2. the training script itself on the GPU, and a resume there (its checkpoint holds the CUDA RNG states)
 HS=()
