@@ -479,6 +479,18 @@ def find_resume_checkpoint(resume, log_dir, warn=print):
     return resume
 
 
+def check_same_checkpoint(resume_path, world_size):
+    """Every rank must continue from the same checkpoint. Only rank 0 writes them: on several machines without a
+    shared --log-dir the others would find none (or stale ones) and train on from another step, with another
+    optimizer state and data position, until the ranks' loops no longer meet."""
+    found = [None] * world_size
+    dist.all_gather_object(found, resume_path and os.path.basename(resume_path))
+    if len(set(found)) > 1:
+        ranks = ", ".join(f"rank {r}: {name or 'none'}" for r, name in enumerate(found))
+        raise ConfigError(f"the ranks would resume from different checkpoints ({ranks}): rank 0 writes them, so "
+                          "every machine must see its --log-dir (a shared filesystem), or a copy of it")
+
+
 def prune_checkpoints(log_dir, newest_step, keep):
     """Remove all but the `keep` newest checkpoints up to newest_step (just written, complete) and their sidecars.
     Checkpoints beyond newest_step (from a run this one branched off) are left alone."""
@@ -568,6 +580,8 @@ def train(args, preemption):
     # before anything slow: which checkpoint this run continues, if any (or why it may not start), and the
     # tokenizer the samples need (an empty offline cache is an error line now, not after the model is built)
     resume_path = find_resume_checkpoint(args.resume, args.log_dir, warn=lambda m: print0(m, file=sys.stderr))
+    if world_size > 1:
+        check_same_checkpoint(resume_path, world_size)
     enc = get_encoding()
 
     torch.manual_seed(args.seed)

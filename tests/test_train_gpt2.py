@@ -275,19 +275,19 @@ def test_ddp_two_processes_match_one_process_with_gradient_accumulation(data_roo
 
 
 @pytest.mark.slow
-def test_two_nodes_on_loopback_match_one_process_with_gradient_accumulation(data_root, reference, tmp_path):
-    _, reference_log_dir = reference
-    args = tiny(data_root, tmp_path, *REFERENCE, "--val-steps", "1")
+def run_two_nodes(args_of_node, tmp_path):
+    """train_gpt2.py as two torchrun "nodes" of one process each on loopback, node i with args_of_node[i]:
+    (exit statuses, outputs)."""
     port = free_port()
-    cmds, procs = [], []
-    for node_rank in (0, 1):
+    procs = []
+    for node_rank, args in enumerate(args_of_node):
         launcher = ["--nnodes=2", "--nproc_per_node=1", f"--node-rank={node_rank}", "--rdzv-backend=c10d",
                     f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=test-{port}",
                     "--local-addr=127.0.0.1"]  # the agent's address for the other node: not the hostname's
-        cmds.append([sys.executable, "-m", "torch.distributed.run", *launcher, SCRIPT, *args])
+        cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, SCRIPT, *args]
         out = open(tmp_path / f"node{node_rank}.out", "w+")
-        procs.append((subprocess.Popen(cmds[-1], cwd=ROOT, env=env_for_runs(), stdout=out,
-                                       stderr=subprocess.STDOUT, text=True, start_new_session=True), out))
+        procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env_for_runs(), stdout=out, stderr=subprocess.STDOUT,
+                                       text=True, start_new_session=True), out))
     try:
         # a node that fails leaves the other waiting for it at the rendezvous: stop waiting then
         deadline = time.time() + TIMEOUT
@@ -300,12 +300,35 @@ def test_two_nodes_on_loopback_match_one_process_with_gradient_accumulation(data
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             out.seek(0)
-    outputs = [out.read() for _, out in procs]
-    assert [proc.returncode for proc, _ in procs] == [0, 0], "\n\n".join(o[-5000:] for o in outputs)
+    return [proc.returncode for proc, _ in procs], [out.read() for _, out in procs]
+
+
+def test_two_nodes_on_loopback_match_one_process_with_gradient_accumulation(data_root, reference, tmp_path):
+    _, reference_log_dir = reference
+    args = tiny(data_root, tmp_path, *REFERENCE, "--val-steps", "1")
+    codes, outputs = run_two_nodes([args, args], tmp_path)
+    assert codes == [0, 0], "\n\n".join(o[-5000:] for o in outputs)
     both = "\n".join(outputs)
     assert "using device: cpu x 2 process(es)" in both
     assert "=> calculated gradient accumulation steps: 1" in both
     assert_same_losses_as_reference(tmp_path, reference_log_dir)
+
+
+def test_two_nodes_that_would_resume_from_different_checkpoints_stop_with_one_error_line(data_root, tmp_path):
+    # node 1's --log-dir is not node 0's (no shared filesystem): node 0 holds the checkpoint of a two-process
+    # run, node 1 none. Before, rank 1 started over at step 0 with a fresh optimizer while rank 0 went on
+    node0, node1 = tmp_path / "node0_log", tmp_path / "node1_log"
+    run_ok(tiny(data_root, node0, "--max-steps", "2", "--eval-interval", "100", "--sample-interval", "100"),
+           launcher=["--standalone", "--nproc_per_node=2"])
+    node1.mkdir()
+    args = [tiny(data_root, log_dir, "--max-steps", "4", "--resume", "auto") for log_dir in (node0, node1)]
+    codes, outputs = run_two_nodes(args, tmp_path)
+    assert codes[0] != 0, outputs[0][-5000:]
+    errors = [line for line in outputs[0].splitlines() if line.startswith("error:")]
+    assert errors == ["error: the ranks would resume from different checkpoints (rank 0: model_00002.pt, rank 1: "
+                      "none): rank 0 writes them, so every machine must see its --log-dir (a shared filesystem), "
+                      "or a copy of it"], outputs[0][-5000:]
+    assert not any(line.startswith("step ") for line in outputs[0].splitlines())
 
 
 # -----------------------------------------------------------------------------
