@@ -379,7 +379,9 @@ def resolve_files(patterns):
     files = []
     for pattern in patterns:
         pattern = os.path.expanduser(pattern)
-        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        # a file named like a pattern (data[1].txt) is that file
+        literal = not glob.has_magic(pattern) or os.path.exists(pattern)
+        matches = [pattern] if literal else sorted(glob.glob(pattern, recursive=True))
         matches = [m for m in matches if not os.path.isdir(m)]
         if not matches or not os.path.exists(matches[0]):
             raise FinewebError(f"--files: no file matches {pattern}")
@@ -400,7 +402,10 @@ def open_dataset(datasets, dataset, remote_name, files, streaming, cache_dir, nu
     if files:
         paths, builder = resolve_files(files)
         kwargs = dict(sample_by="document") if builder == "text" else {}  # .txt: a file is a document
-        ds = datasets.load_dataset(builder, data_files=paths, split="train",
+        if builder == "parquet":  # else datasets takes its batch size from row group 0: 0 in an empty file
+            kwargs = dict(batch_size=READ_BATCH)
+        # datasets reads data_files as patterns too: escaped, a file named like one (data[1].txt) is that file
+        ds = datasets.load_dataset(builder, data_files=[glob.escape(p) for p in paths], split="train",
                                    streaming=streaming, cache_dir=cache_dir, **kwargs)
     elif os.path.isdir(dataset) and any(os.path.exists(os.path.join(dataset, f)) for f in
                                         ("state.json", "dataset_dict.json")):
@@ -621,7 +626,20 @@ def check_args(args):
     args.shard_size = parse_shard_size(args.shard_size)
     if args.num_proc is not None and args.num_proc < 1:
         raise FinewebError(f"--num-proc must be at least 1 (got {args.num_proc})")
+    check_local_dir(args.local_dir)
     return args
+
+
+def check_local_dir(local_dir):
+    """Now, not at the first shard's write, after a download of ~28 GB and 100M tokens of work: can the shards go
+    in local_dir? (It is created only when the first shard is written.)"""
+    existing = os.path.abspath(local_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise FinewebError(f"--local-dir {local_dir}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FinewebError(f"--local-dir {local_dir}: this user may not write in {existing}")
 
 
 def parse_shard_size(text):

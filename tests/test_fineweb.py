@@ -467,6 +467,38 @@ def test_a_json_file_of_one_document_is_read_and_named_with_its_line_when_broken
                          f"{bad} line 3 is not valid JSON (Expecting ',' delimiter at column 1)")
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_an_empty_parquet_file_among_others_is_read_as_no_documents(tmp_path, enc, streaming):
+    # datasets took its read batch size from row group 0, which an empty file has with 0 rows: "BatchSize must
+    # be greater than 0", for the whole run, naming no file
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    files = write_input(tmp_path / "in", "parquet", docs=DOCS[:5])
+    empty = str(tmp_path / "in" / "empty.parquet")
+    pq.write_table(pa.table({"id": pa.array([], pa.int64()), "text": pa.array([], pa.string())}), empty)
+    run_inprocess([empty, *files], tmp_path / "out", tmp_path, *(["--streaming"] if streaming else []))
+    assert np.array_equal(read_shards(tmp_path / "out"), expected_stream(enc, DOCS[:5]))
+
+
+def test_a_file_named_like_a_glob_pattern_is_that_file(tmp_path, enc):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "data[1].txt").write_text(DOCS[1], encoding="utf-8")
+    (tmp_path / "in" / "data1.txt").write_text(DOCS[2], encoding="utf-8")  # what the pattern data[1].txt matches
+    run_inprocess([str(tmp_path / "in" / "data[1].txt")], tmp_path / "out", tmp_path)
+    assert np.array_equal(read_shards(tmp_path / "out"), expected_stream(enc, DOCS[1:2]))
+
+
+@pytest.mark.parametrize("where", ["the folder", "a parent"])
+def test_a_local_dir_that_is_a_file_stops_before_the_input_is_read(tmp_path, capsys, where):
+    (tmp_path / "taken").write_text("not a folder")
+    local_dir = tmp_path / "taken" / ("" if where == "the folder" else "shards")
+    files = write_input(tmp_path / "in", "jsonl")
+    err = fail_inprocess(["--files", *files, "--local-dir", str(local_dir), "--cache-dir", str(tmp_path / "hf")],
+                         capsys)
+    assert err == f"error: --local-dir {local_dir}: {tmp_path / 'taken'} is a file, not a folder\n"
+    assert not (tmp_path / "hf").exists()  # the input was never opened
+
+
 def test_quiet_silences_the_progress_bars_of_datasets_too_and_restores_them(tmp_path, capsys):
     import datasets
     files = write_input(tmp_path / "in", "jsonl")
