@@ -331,8 +331,10 @@ def rng_state():
 
 def set_rng_state(s):
     torch.set_rng_state(s["torch"])
-    if torch.cuda.is_available() and s["cuda"]:
-        torch.cuda.set_rng_state_all(s["cuda"])
+    # this process's GPU only: a machine with fewer GPUs than the one that saved them (8 on one node, then 4 on
+    # each of 2) has no device for the rest
+    if torch.cuda.is_available() and torch.cuda.current_device() < len(s["cuda"]):
+        torch.cuda.set_rng_state(s["cuda"][torch.cuda.current_device()])
     np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"], 0, 0.0))
     random.setstate((s["python_version"], tuple(s["python"]), None))
 
@@ -476,6 +478,14 @@ def find_resume_checkpoint(resume, log_dir, warn=print):
     problem = checkpoint_problem(resume, need_sidecar=False)  # a checkpoint copied without its sidecar loads
     if problem:
         raise CheckpointError(f"--resume {resume}: {problem}")
+    # going back (after a loss spike, say) branches the run: the old branch's later checkpoints would be what a
+    # later --resume auto continues, while log.txt holds the new branch
+    named = CHECKPOINT_NAME.fullmatch(os.path.basename(resume))
+    newer = [path for step, path in list_checkpoints(log_dir) if named and step > int(named[1])]
+    if newer:
+        raise CheckpointError(f"{log_dir}/ holds checkpoints after {os.path.basename(resume)} (newest: "
+                              f"{os.path.basename(newer[-1])}): a later --resume auto would continue that run, not "
+                              f"this one; move them away, or resume into another --log-dir")
     return resume
 
 

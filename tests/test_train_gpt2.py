@@ -556,6 +556,18 @@ def test_an_empty_tokenizer_cache_offline_is_an_error_line_before_the_model_is_b
     assert not os.path.exists(tmp_path / "log")
 
 
+def test_resume_from_a_checkpoint_with_later_ones_beside_it_is_an_error_line(data_root, reference, tmp_path, capsys):
+    # going back to step 4 would leave steps 8 and 12 of the old branch for a later --resume auto to pick
+    log_dir = tmp_path / "log"
+    shutil.copytree(reference[1], log_dir)
+    line = assert_one_error_line(run_main_in_process(
+        tiny(data_root, log_dir, *REFERENCE, "--resume", str(log_dir / "model_00004.pt")), capsys))
+    assert line == (f"error: {log_dir}/ holds checkpoints after model_00004.pt (newest: model_00012.pt): a later "
+                    "--resume auto would continue that run, not this one; move them away, or resume into another "
+                    "--log-dir")
+    assert log_lines(log_dir) == log_lines(reference[1])  # the old run's log is untouched
+
+
 def test_resume_of_a_missing_file_is_an_error_line(data_root, tmp_path, capsys):
     missing = str(tmp_path / "nope" / "model_00004.pt")
     line = assert_one_error_line(run_main_in_process(tiny(data_root, tmp_path, "--resume", missing), capsys))
