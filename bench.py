@@ -300,6 +300,26 @@ def make_optimizer(model, impl, lr=6e-4, weight_decay=0.1):
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, **kind)
 
 
+def write_profile(job, train_step, first_step, device, log):
+    """A chrome trace of job["profile_steps"] more steps, and beside it the table of the ops that took the most time."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for k in range(job["profile_steps"]):
+            train_step(first_step + k)
+            prof.step()
+        synchronize(device)
+    prof.export_chrome_trace(job["profile"])
+    log(f"wrote the profiler trace of {job['profile_steps']} steps to {job['profile']}")
+    # the trace of a GPU step can be too large to fetch from a lent machine; the table of the ops
+    # and kernels that took the most time, each counted once (self time), tells where the step goes
+    summary = os.path.splitext(job["profile"])[0] + ".txt"
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    with open(summary, "w") as f:
+        f.write(prof.key_averages().table(sort_by=sort, row_limit=40) + "\n")
+    log(f"wrote the ops that took the most {sort} to {summary}")
+
+
 def run_config(job, log):
     """Build, warm up and time one configuration; returns the measurements as a dict."""
     s = Settings(**job["settings"])
@@ -406,22 +426,11 @@ def run_config(job, log):
         result["loss_last"] = loss.item()
 
         if job.get("profile"):
-            from torch.profiler import ProfilerActivity, profile
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-            with profile(activities=activities) as prof:
-                for k in range(job["profile_steps"]):
-                    train_step(job["warmup"] + len(times) + k)
-                    prof.step()
-                synchronize(device)
-            prof.export_chrome_trace(job["profile"])
-            log(f"wrote the profiler trace of {job['profile_steps']} steps to {job['profile']}")
-            # the trace of a GPU step can be too large to fetch from a lent machine; the table of the ops
-            # and kernels that took the most time, each counted once (self time), tells where the step goes
-            summary = os.path.splitext(job["profile"])[0] + ".txt"
-            sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-            with open(summary, "w") as f:
-                f.write(prof.key_averages().table(sort_by=sort, row_limit=40) + "\n")
-            log(f"wrote the ops that took the most {sort} to {summary}")
+            try:
+                write_profile(job, train_step, job["warmup"] + len(times), device, log)
+            except Exception as e:  # the timing above stands: a profiler that fails here must not lose it
+                result["profile_error"] = f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0]
+                log(f"the profile failed ({result['profile_error']}); the timing is kept")
 
     tokens = B * T * grad_accum
     result.update(step_s=times, steps_timed=len(times), step_s_median=statistics.median(times),
@@ -590,6 +599,8 @@ def main(argv=None):
                         **{k: v for k, v in overrides.items() if v})
     except ValueError as e:
         sys.exit(f"error: {e}")
+    if args.profile and not os.path.isdir(os.path.dirname(os.path.abspath(args.profile))):
+        sys.exit(f"error: --profile {args.profile}: there is no folder {os.path.dirname(os.path.abspath(args.profile))}")
     check_results_file(args.results)
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench.py: terminated"))  # unwinds, killing the worker

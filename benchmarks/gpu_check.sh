@@ -21,7 +21,7 @@
 #   3. hellaswag_bench.py on 1,000 val examples: the vocabulary cut, never measured on a GPU        (<= 75 s)
 # Outputs ($OUT; at most 8 files come back): gpu_check.log (everything printed), results.jsonl (the bench and
 # HellaSwag lines, to append to benchmarks/results.jsonl), per bench configuration profile.NAME.txt (the ops
-# and kernels by their own time, 5 files) and profiles.tar.gz (their chrome traces, gzipped, in one file).
+# and kernels by their own time, 5 files) and profiles.tar (their chrome traces, each gzipped, in one file).
 #
 # MODEL_ARGS and BATCH_ARGS shrink the run for a try on a CPU (DEVICE=cpu), e.g.
 #   OUT=/tmp/out DEVICE=cpu MODEL_ARGS="--n-layer 2 --n-head 2 --n-embd 64" \
@@ -83,7 +83,7 @@ part 300 "bench.py: baseline, no-sync, pinned, reduce-overhead, max-autotune-no-
     --max-seconds 30 --timeout 200 --time-budget 290 --profile "$OUT/profile.json" --profile-steps 1 \
     --results "$OUT/results.jsonl"
 # the traces in one file: the device tool brings back 8 files at most
-(cd "$OUT" && ls profile.*.json >/dev/null 2>&1 && gzip -f profile.*.json && tar -cf profiles.tar.gz profile.*.json.gz \
+(cd "$OUT" && ls profile.*.json >/dev/null 2>&1 && gzip -f profile.*.json && tar -cf profiles.tar profile.*.json.gz \
     && rm -f profile.*.json.gz)
 
 # 2. the training script itself on the GPU, and a resume there (its checkpoint holds the CUDA RNG states)

@@ -194,6 +194,13 @@ def seconds(text):
     return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1}[unit]
 
 
+def test_a_profile_path_in_a_missing_folder_fails_before_measuring_anything(tmp_path):
+    r = run_bench("--profile", str(tmp_path / "missing" / "trace.json"), "--results", str(tmp_path / "r.jsonl"))
+    assert r.returncode == 1 and r.stderr == f"error: --profile {tmp_path}/missing/trace.json: there is no folder " \
+                                             f"{tmp_path}/missing\n"
+    assert not (tmp_path / "r.jsonl").exists()
+
+
 def test_profile_writes_a_chrome_trace_and_a_table_of_where_the_step_went(tmp_path):
     results, trace = tmp_path / "results.jsonl", tmp_path / "trace.json"
     r = run_bench("--configs", "fp32", "--profile", str(trace), "--profile-steps", "1", "--results", str(results))
