@@ -599,8 +599,9 @@ def main(argv=None):
                         **{k: v for k, v in overrides.items() if v})
     except ValueError as e:
         sys.exit(f"error: {e}")
-    if args.profile and not os.path.isdir(os.path.dirname(os.path.abspath(args.profile))):
-        sys.exit(f"error: --profile {args.profile}: there is no folder {os.path.dirname(os.path.abspath(args.profile))}")
+    profile_dir = os.path.dirname(os.path.abspath(args.profile)) if args.profile else None
+    if profile_dir and not os.path.isdir(profile_dir):
+        sys.exit(f"error: --profile {args.profile}: there is no folder {profile_dir}")
     check_results_file(args.results)
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench.py: terminated"))  # unwinds, killing the worker

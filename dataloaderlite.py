@@ -15,8 +15,9 @@ header as training does at start-up (a missing split or a broken shard gives tra
 The token order is the lecture's: rank r reads B*T+1 tokens at offset r*B*T of the current step,
 a step moves B*T*num_processes tokens, and a shard that cannot hold another whole step hands over
 to the next one (after the last shard: shard 0 again, a new epoch); a shard shorter than one step
-(fineweb.py's leftover last shard can be) is skipped. Extras that leave that order alone: a memory footprint of a few batches whatever the shard size, state_dict()/load_state_dict()
-for exact resumption, DataError on bad shards, and shuffle=True (off by default).
+(fineweb.py's leftover last shard can be) is skipped. Extras that leave that order alone: a memory
+footprint of a few batches whatever the shard size, state_dict()/load_state_dict() for exact
+resumption, DataError on bad shards, and shuffle=True (off by default).
 """
 
 import argparse
