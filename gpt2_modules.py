@@ -184,16 +184,27 @@ class GPT(nn.Module):
                              f"{', '.join(MODEL_SIZES)} or a folder written by save_pretrained")
         from transformers import GPT2LMHeadModel  # after the check: a typo should not wait on this import
         try:
-            hf = GPT2LMHeadModel.from_pretrained(name_or_dir)
+            hf, info = GPT2LMHeadModel.from_pretrained(name_or_dir, output_loading_info=True)
         except OSError as e:  # transformers reports an unreachable hub or a broken folder as OSError
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"could not load {name_or_dir!r} with transformers ({first_line}); offline, "
                              "pass a local folder written by save_pretrained instead") from e
+        except Exception as e:  # a weights file cut short (safetensors' SafetensorError), a config of another model
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            raise ValueError(f"could not load {name_or_dir!r} with transformers ({type(e).__name__}: "
+                             f"{first_line})") from e
         c = hf.config
         if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh") or c.scale_attn_by_inverse_layer_idx \
-                or c.reorder_and_upcast_attn or not c.scale_attn_weights or abs(c.layer_norm_epsilon - 1e-5) > 1e-12:
-            raise ValueError(f"{name_or_dir!r} is a GPT-2 variant this model does not implement "
-                             "(activation, attention scaling or LayerNorm epsilon differ)")
+                or c.reorder_and_upcast_attn or not c.scale_attn_weights or abs(c.layer_norm_epsilon - 1e-5) > 1e-12 \
+                or c.n_inner not in (None, 4 * c.n_embd) or not c.tie_word_embeddings:
+            raise ValueError(f"{name_or_dir!r} is a GPT-2 variant this model does not implement (activation, "
+                             "attention scaling, LayerNorm epsilon, MLP width or untied output weights differ)")
+        # transformers fills weights missing from the files with random ones, and only says so in its log
+        absent = sorted(k for k in info["missing_keys"]
+                        if not k.endswith((".attn.bias", ".attn.masked_bias", "lm_head.weight")))
+        if absent:
+            raise ValueError(f"{name_or_dir!r} lacks weights of GPT-2 ({', '.join(absent[:3])}"
+                             f"{', ...' if len(absent) > 3 else ''}): it is not a whole GPT-2 checkpoint")
         config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size,
                            n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd)
         model = cls(config)
@@ -298,7 +309,7 @@ def export_hf(model, out_dir, vocab_size=50257):
         os.makedirs(out_dir, exist_ok=True)
         hf.save_pretrained(out_dir)
         if vocab_size == 50257:  # the GPT-2 tokenizer only makes sense for GPT-2's vocabulary
-            write_hf_tokenizer_files(out_dir)
+            write_hf_tokenizer_files(out_dir, model_max_length=c.block_size)
     except OSError as e:  # a file in the way, a read-only or virtual filesystem, a full disk
         reason = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror or e
         raise ValueError(f"cannot write the export folder {out_dir} ({reason})") from e

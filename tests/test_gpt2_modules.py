@@ -81,6 +81,8 @@ def test_export_cuts_padded_vocab_to_50257_with_same_logits(padded_export):
     model, folder = padded_export
     assert GPT2LMHeadModel.from_pretrained(folder).config.vocab_size == 50257
     assert {"config.json", "model.safetensors", "vocab.json", "merges.txt"} <= set(os.listdir(folder))
+    from transformers import AutoTokenizer
+    assert AutoTokenizer.from_pretrained(folder).model_max_length == 64  # the model's block size, not GPT-2's 1024
     idx = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ours, _ = model(idx)
@@ -296,6 +298,38 @@ def test_token_id_out_of_vocab_raises_value_error():
     idx[0, 3] = 512
     with pytest.raises(ValueError, match="vocab_size 512"):
         model(idx)
+
+
+@pytest.mark.parametrize("change", [dict(activation_function="relu"), dict(layer_norm_epsilon=1e-6),
+                                    dict(n_inner=96), dict(tie_word_embeddings=False)])
+def test_a_gpt2_variant_this_model_does_not_implement_is_refused(tmp_path, change):
+    # untied output weights used to load silently: lm_head's matrix overwrote the shared embedding (wrong logits);
+    # another MLP width failed in load_state_dict with a traceback
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=16, vocab_size=100, **change)) \
+        .save_pretrained(tmp_path / "hf")
+    with pytest.raises(ValueError, match="is a GPT-2 variant this model does not implement"):
+        GPT.from_pretrained(str(tmp_path / "hf"))
+
+
+def test_a_folder_that_lacks_weights_is_refused_not_filled_with_random_ones(tmp_path):
+    from safetensors.torch import load_file, save_file
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=16)).save_pretrained(tmp_path / "hf")
+    weights = tmp_path / "hf" / "model.safetensors"
+    tensors = load_file(weights)
+    del tensors["transformer.h.0.mlp.c_fc.weight"]
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lacks weights of GPT-2 \(transformer.h.0.mlp.c_fc.weight\): it is not a "
+                                         r"whole GPT-2 checkpoint"):
+        GPT.from_pretrained(str(tmp_path / "hf"))
+
+
+def test_a_folder_with_its_weights_cut_short_is_an_error_line(tmp_path):
+    # GPT-2's vocabulary: a smaller one makes transformers warn about <|endoftext|>'s id on stderr
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=16)).save_pretrained(tmp_path / "hf")
+    weights = tmp_path / "hf" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    line = assert_one_error_line(run_cli("sample", "--model", str(tmp_path / "hf"), "--device", "cpu"))
+    assert line.startswith(f"error: could not load '{tmp_path / 'hf'}' with transformers (")
 
 
 def test_unknown_pretrained_name_lists_valid_names():
