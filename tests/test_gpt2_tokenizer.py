@@ -124,6 +124,17 @@ def test_unseeded_cache_without_network_says_what_to_run(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_cache_variable_set_empty_is_named_as_tiktoken_reads_it(tmp_path):
+    # tiktoken reads TIKTOKEN_CACHE_DIR="" as "no cache"; seeding used to fill /tmp/data-gym-cache, never read then
+    off = "TIKTOKEN_CACHE_DIR (or DATA_GYM_CACHE_DIR) is set empty, which turns tiktoken's cache off: unset it, " \
+          "or point it at a folder\n"
+    seeded = run_tokenizer("--seed-cache", cache="", **NO_NETWORK)
+    assert (seeded.returncode, seeded.stderr) == (1, "error: nowhere to seed: " + off)
+    encoded = run_tokenizer("x", cache="", **NO_NETWORK)
+    assert encoded.returncode == 1 and encoded.stderr.startswith("error: the GPT-2 tokenizer files are not "
+                                                                 "downloadable (") and encoded.stderr.endswith(off)
+
+
 @pytest.mark.parametrize("where, reason", [("file", "a file of that name is in the way"),
                                            ("under a file", "Not a directory")])
 def test_seed_cache_into_a_folder_it_cannot_make_is_one_error_line(tmp_path, where, reason):
