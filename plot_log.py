@@ -72,6 +72,8 @@ def plot(path, out, references=True):
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
+    if out.endswith(("/", os.sep)) or os.path.isdir(out):  # a folder: loss.png in it
+        out = os.path.join(out, "loss.png")
     if not os.path.splitext(out)[1]:  # savefig would add ".png" itself; add it here so that the caller knows
         out += ".png"
     fig.savefig(out, dpi=100)
@@ -81,7 +83,7 @@ def plot(path, out, references=True):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("log", nargs="?", default="log/log.txt", help="a train_gpt2.py log.txt (default log/log.txt)")
-    parser.add_argument("-o", "--out", default=None, help="the PNG to write (default: loss.png beside the log)")
+    parser.add_argument("-o", "--out", default=None, help="the PNG to write, or a folder for loss.png (default: loss.png beside the log)")
     parser.add_argument("--no-references", action="store_true", help="leave out the cited reference lines")
     args = parser.parse_args(argv)
     out = args.out or os.path.join(os.path.dirname(args.log) or ".", "loss.png")

@@ -122,6 +122,17 @@ def test_plot_script_without_an_extension_prints_the_png_it_wrote(tmp_path):
     assert (tmp_path / "loss.png").read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.parametrize("form", ["with a slash", "existing"])
+def test_plot_script_into_a_folder_writes_loss_png_there(tmp_path, form):
+    # "-o plots/" used to write plots/.png.png and print plots/.png
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    out = subprocess.run([sys.executable, "plot_log.py", REAL_LOG, "-o", str(folder) + ("/" if form == "with a slash"
+                          else "")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"wrote {folder / 'loss.png'}\n" and os.listdir(folder) == ["loss.png"]
+
+
 @pytest.mark.parametrize("content, problem", [
     (b"0 train 10.9\n1 train 10.\xff\n", "2 is not UTF-8 text (invalid start byte): is it a train_gpt2.py log?"),
     (b"0 train 10.9\n1 train ten\n", "2: 'ten' is not a number"),

@@ -275,6 +275,15 @@ def test_download_from_an_unreachable_url_fails_in_one_line_and_leaves_no_file(t
     assert os.listdir(tmp_path) == []
 
 
+def test_a_cache_folder_that_cannot_be_made_fails_in_one_line(tmp_path):
+    (tmp_path / "taken").write_text("a file where the cache folder would go")
+    with pytest.raises(ValueError) as e:
+        hellaswag.download("val", folder=str(tmp_path / "taken"), url="http://127.0.0.1:9/x", progress=False)
+    assert str(e.value) == (f"cannot write into the HellaSwag cache folder {tmp_path / 'taken'} (a file of that name "
+                            "is in the way); set HELLASWAG_DIR to another folder, or set "
+                            "HELLASWAG_FILE=/path/to/hellaswag_val.jsonl or pass --file")
+
+
 class Server:
     """A local HTTP server whose one file can be cut short, to download from without the internet."""
 
