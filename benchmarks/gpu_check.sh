@@ -16,8 +16,9 @@
 #      inductor's cache; reduce-overhead = CUDA graphs; max-autotune-no-cudagraphs, last, autotunes for
 #      minutes and may be cut), each with a profile of one step, to see where the time goes (the baseline
 #      reached 41% of the H100's peak)                                                            (<= 300 s)
-#   2. train_gpt2.py on CUDA, the lecture's configuration for 3 steps with validation, HellaSwag and samples,
-#      then --resume auto for 2 more: the code paths changed since the last GPU run               (<= 160 s)
+#   2. train_gpt2.py on CUDA, gpt2 124M at B=64, T=1024, 262,144 tokens a step (half the lecture's): 3 steps
+#      with validation, HellaSwag and samples, then --resume auto for 2 more (its first resume on a GPU: one
+#      crashed there until a review found it)                                                      (<= 160 s)
 #   3. hellaswag_bench.py on 1,000 val examples: the vocabulary cut, never measured on a GPU        (<= 75 s)
 # Outputs ($OUT; at most 8 files come back): gpu_check.log (everything printed), results.jsonl (the bench and
 # HellaSwag lines, to append to benchmarks/results.jsonl), per bench configuration profile.NAME.txt (the ops
