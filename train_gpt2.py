@@ -77,7 +77,7 @@ class RunLog:
         # line cut short by a full disk); the rewrite is atomic, as a kill here must not lose the log
         kept = []
         if resume_step > 0 and os.path.exists(path):
-            with open(path) as f:
+            with open(path, errors="replace") as f:  # a byte edited in by hand must not block the resume
                 kept = [line for line in f
                         if (m := re.fullmatch(r"(\d+) \w+ \S+\n", line)) and int(m[1]) < resume_step]
         with open(path + ".tmp", "w") as f:
@@ -85,8 +85,12 @@ class RunLog:
         os.replace(path + ".tmp", path)
 
     def write(self, step, kind, value):
-        with open(self.path, "a") as f:  # reopen per line: a crash loses nothing already logged
-            f.write(LOG_FORMATS[kind].format(step=step, value=value) + "\n")
+        try:
+            with open(self.path, "a") as f:  # reopen per line: a crash loses nothing already logged
+                f.write(LOG_FORMATS[kind].format(step=step, value=value) + "\n")
+        except OSError as e:  # a full disk: a failed write names no file
+            raise ConfigError(f"cannot append to {self.path} ({e.strerror or e}: is the disk full?); free some "
+                              "space, then continue with --resume auto from the newest checkpoint") from e
 
 
 # -----------------------------------------------------------------------------
@@ -375,8 +379,8 @@ def file_digest(path):
 
 
 class HashingWriter:
-    """The file torch.save writes to: hashes the bytes on their way, and keeps the OSError of a failed write,
-    which torch reports only as a RuntimeError ('unexpected pos ...')."""
+    """The file torch.save writes to: hashes the bytes on their way, and keeps the OSError (or Ctrl-C) of a failed
+    write, which torch reports only as a RuntimeError ('unexpected pos ...')."""
 
     def __init__(self, f):
         self.f, self.sha, self.size, self.error = f, hashlib.sha256(), 0, None
@@ -384,7 +388,7 @@ class HashingWriter:
     def write(self, data):
         try:
             n = self.f.write(data)
-        except OSError as e:
+        except (OSError, KeyboardInterrupt) as e:  # a second Ctrl-C can land here too
             self.error = e
             raise
         self.sha.update(data)
@@ -628,6 +632,9 @@ def train(args, preemption):
         # onto the CPU: torch.set_rng_state takes CPU tensors only (a checkpoint mapped to cuda failed there), and
         # load_state_dict copies the weights and the optimizer's state onto the parameters' device
         ckpt = load_checkpoint(resume_path, map_location="cpu")
+        if missing := [key for key in ("optimizer", "step", "loader", "rng") if key not in ckpt]:
+            raise ConfigError(f"{resume_path} holds no {', '.join(missing)} to resume from (weights only?); start "
+                              f"a run from its weights with --init-from {resume_path}")
         if ckpt["config"] != asdict(model.config):
             raise ConfigError(f"{resume_path} holds a model of another shape ({ckpt['config']}) "
                               f"than this run builds ({asdict(model.config)})")

@@ -430,6 +430,49 @@ def test_log_txt_rewrite_drops_a_line_cut_short(tmp_path):
     assert path.read_text() == "0 val 10.9000\n0 train 10.912345\n1 train 10.8\n"
 
 
+def test_log_txt_rewrite_drops_the_resumed_step_and_later_and_reads_past_a_stray_byte(tmp_path):
+    # the checkpoint after 2 steps resumes at step 2: its lines come again from the resumed run
+    path = tmp_path / "log.txt"
+    path.write_bytes(b"0 train 10.9\n1 train 10.8 \xff edited\n1 train 10.8\n2 val 10.7000\n2 train 10.7\n3 train 1\n")
+    train_gpt2.RunLog(str(path), resume_step=2)
+    assert path.read_text() == "0 train 10.9\n1 train 10.8\n"
+
+
+def test_a_full_disk_while_appending_to_log_txt_names_the_file(tmp_path):
+    log = train_gpt2.RunLog(str(tmp_path / "log.txt"))
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    os.remove(tmp_path / "log.txt")
+    os.symlink("/dev/full", tmp_path / "log.txt")  # every write fails with ENOSPC
+    with pytest.raises(train_gpt2.ConfigError) as e:
+        log.write(3, "train", 1.0)
+    assert str(e.value) == (f"cannot append to {tmp_path / 'log.txt'} (No space left on device: is the disk full?); "
+                            "free some space, then continue with --resume auto from the newest checkpoint")
+
+
+def test_a_second_ctrl_c_while_a_checkpoint_is_written_is_an_interrupt_not_a_runtime_error(tmp_path, monkeypatch):
+    # torch's writer turns an exception in the file's write() into RuntimeError('unexpected pos ...'); a second
+    # Ctrl-C there was a traceback and exit 1 instead of `error: interrupted` and 130
+    class Interrupted:
+        def write(self, data):
+            raise KeyboardInterrupt  # what Python raises where the SIGINT handler runs
+
+    class CtrlCWhileWriting(train_gpt2.HashingWriter):
+        def write(self, data):
+            if self.size:  # past the first bytes, Ctrl-C arrives while the file's write() runs
+                self.f = Interrupted()
+            return super().write(data)
+
+    monkeypatch.setattr(train_gpt2, "HashingWriter", CtrlCWhileWriting)
+    model = torch.nn.Linear(64, 64)
+    model.config = train_gpt2.GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=16)
+    optimizer = torch.optim.AdamW(model.parameters())
+    args = train_gpt2.parse_args([])
+    with pytest.raises(KeyboardInterrupt):
+        train_gpt2.save_checkpoint(str(tmp_path / "model_00001.pt"), model, optimizer, 1, {}, args)
+    assert not os.path.exists(tmp_path / "model_00001.pt")  # the .tmp is removed at the next start
+
+
 # -----------------------------------------------------------------------------
 # a full disk: RLIMIT_FSIZE makes any write past the limit fail with EFBIG, as a full disk fails with ENOSPC
 

@@ -568,6 +568,16 @@ def test_resume_from_a_checkpoint_with_later_ones_beside_it_is_an_error_line(dat
     assert log_lines(log_dir) == log_lines(reference[1])  # the old run's log is untouched
 
 
+def test_resume_of_a_checkpoint_of_weights_only_is_an_error_line(data_root, reference, tmp_path, capsys):
+    ckpt = torch.load(os.path.join(reference[1], "model_00004.pt"), weights_only=True)
+    del ckpt["optimizer"]  # slimmed to save space
+    torch.save(ckpt, tmp_path / "slim.pt")
+    line = assert_one_error_line(run_main_in_process(
+        tiny(data_root, tmp_path / "log", "--resume", str(tmp_path / "slim.pt")), capsys))
+    assert line == (f"error: {tmp_path / 'slim.pt'} holds no optimizer to resume from (weights only?); start a run "
+                    f"from its weights with --init-from {tmp_path / 'slim.pt'}")
+
+
 def test_resume_of_a_missing_file_is_an_error_line(data_root, tmp_path, capsys):
     missing = str(tmp_path / "nope" / "model_00004.pt")
     line = assert_one_error_line(run_main_in_process(tiny(data_root, tmp_path, "--resume", missing), capsys))
