@@ -72,6 +72,13 @@ def test_single_process_reads_the_lecture_order_with_targets_shifted_by_one(tmp_
         assert torch.equal(x, buf[:-1].view(B, T)) and torch.equal(y, buf[1:].view(B, T))
 
 
+def test_a_shard_of_a_whole_number_of_steps_keeps_its_last_step_for_the_next_shard_s_first_token(tmp_path):
+    # 96 tokens hold 11 steps of B*T = 8, not 12: the 12th would need token 96, one past the end, as its last target
+    shards = write_shards(tmp_path, lengths=[96, 48])
+    expected = lecture_order(shards, B, T, 24)  # 11 + 5 steps an epoch: into the second epoch
+    assert same(stream(loader(tmp_path), 24), [(b[:-1].view(B, T), b[1:].view(B, T)) for b in expected])
+
+
 @pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("world", [1, 2, 4])
 def test_ranks_batches_together_are_the_single_process_stream_with_batch_B_times_world(tmp_path, world, shuffle):

@@ -417,6 +417,23 @@ def test_generate_is_seeded_and_leaves_global_rng_alone():
     assert len(set(map(tuple, a))) > 1  # the rows are independent draws, not copies
 
 
+def test_generate_with_top_k_1_is_greedy_and_top_k_bounds_the_choices():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=512, **TINY)).eval()
+    # GPT-2's init: nearly flat logits, so sampling among more than top_k would leave the top tokens at once
+    prompt = [1, 2, 3, 4]
+    x = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(8):
+            x = torch.cat([x, model(x)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert generate(model, prompt, 12, num_return_sequences=3, top_k=1, seed=7) == [x[0].tolist()] * 3
+    # top_k=2: every sampled token is one of the two most likely after its context
+    for row in generate(model, prompt, 12, num_return_sequences=4, top_k=2, seed=7):
+        with torch.no_grad():
+            logits = model(torch.tensor([row[:-1]]))[0][0]
+        assert all(row[i + 1] in logits[i].topk(2).indices.tolist() for i in range(3, 11))
+
+
 def test_generate_crops_context_to_block_size():
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=512, **{**TINY, "block_size": 8})).eval()

@@ -184,6 +184,20 @@ def test_evaluate_counts_the_argmin_of_average_and_summed_loss(model, one_at_a_t
     norm, plain, total = expected_counts(one_at_a_time)
     assert 0 < norm < 30 and 0 < plain < 30
     assert hellaswag.evaluate(model, written_examples(), "cpu", batch_size=8) == (norm, plain, total)
+    # labels where acc_norm is right everywhere and acc is not: the counts come back in that order
+    pred_norm = (sum_loss / num_tokens).argmin(1)
+    relabelled = [{**ex, "label": int(p)} for ex, p in zip(written_examples(), pred_norm)]
+    plain_right = int((sum_loss.argmin(1) == pred_norm).sum())
+    assert hellaswag.evaluate(model, relabelled, "cpu", batch_size=8) == (30, plain_right, 30) and plain_right < 30
+
+
+def test_the_training_run_counts_acc_norm(model, one_at_a_time, tmp_path):
+    # what train_gpt2 logs as `{step} hella {value}`: the lecture's acc_norm, not the summed-loss acc
+    import train_gpt2
+    _, _, sum_loss, num_tokens = one_at_a_time
+    pred_norm = (sum_loss / num_tokens).argmin(1)
+    path = write_jsonl(tmp_path / "val.jsonl", [{**ex, "label": int(p)} for ex, p in zip(written_examples(), pred_norm)])
+    assert train_gpt2.evaluate_hellaswag(model, path, "cpu", None, rank=0, world_size=1) == (30, 30)
 
 
 def test_counts_over_three_ranks_sum_to_the_single_process_counts(model, one_at_a_time):

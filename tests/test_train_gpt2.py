@@ -195,6 +195,9 @@ def test_console_prints_the_lectures_lines(reference):
     steps = [line for line in lines if line.startswith("step ")]
     assert len(steps) == 12 and all(STEP_LINE.match(line) for line in steps), steps
     assert [int(STEP_LINE.match(line)[1]) for line in steps] == list(range(12))
+    # each step trains at its own step's rate (warmup 3 of TINY, then the cosine to 12)
+    assert [STEP_LINE.match(line)[3] for line in steps] == [f"{train_gpt2.get_lr(s, 6e-4, 6e-5, 3, 12):.4e}"
+                                                            for s in range(12)]
     vals = [line for line in lines if line.startswith("validation loss: ")]
     assert len(vals) == 5 and all(re.fullmatch(r"validation loss: \d+\.\d{4}", line) for line in vals), vals
     # samples (4 per sampling, at steps 6 and 11; never at step 0); a sample's text may hold newlines
@@ -236,6 +239,18 @@ def test_checkpoints_hold_every_stateful_piece_as_plain_data(reference):
 # learning
 
 
+def test_gradient_clipping_bounds_the_first_update(data_root, tmp_path):
+    # AdamW is blind to the gradient's scale (m/sqrt(v)) except for eps: clipped to a norm of 1e-9, every gradient
+    # element falls far below eps=1e-8 and the first update all but vanishes; unclipped it moves weights by ~lr
+    train_gpt2.main(tiny(data_root, tmp_path, "--max-steps", "1", "--grad-clip", "1e-9", "--device", "cpu"))
+    trained = load_checkpoint(str(tmp_path / "model_00001.pt"))["model"]
+    torch.manual_seed(1337)  # train_gpt2's seed, drawn from before the model is built
+    initial = gpt2_modules.GPT(gpt2_modules.GPTConfig.named("gpt2", n_layer=2, n_head=2, n_embd=64, block_size=64,
+                                                           vocab_size=50304)).state_dict()
+    moved = max((trained[k] - initial[k]).abs().max().item() for k in initial)
+    assert 0 < moved < 1e-5  # weight decay alone: lr * 0.1 * |w|; an unclipped first step moves by lr = 2e-4
+
+
 def test_tiny_model_loss_falls_by_two_nats_within_50_steps(data_root, tmp_path):
     result = run_ok(tiny(data_root, tmp_path, "--max-steps", "50", "--max-lr", "3e-3", "--min-lr", "3e-4",
                          "--warmup-steps", "5", "--eval-interval", "1000", "--val-steps", "4",
@@ -265,16 +280,26 @@ def assert_same_losses_as_reference(log_dir, reference_log_dir):
 
 def test_ddp_two_processes_match_one_process_with_gradient_accumulation(data_root, reference, tmp_path):
     _, reference_log_dir = reference
-    args = tiny(data_root, tmp_path, *REFERENCE, "--val-steps", "1")  # 1 per rank = the reference's 2
+    # HellaSwag too, 5 examples: rank 0 scores 3, rank 1 2, and the line counts all 5 (it does not change training)
+    hellaswag_file = tmp_path / "hellaswag_val.jsonl"
+    hellaswag_file.write_text("".join(json.dumps({"ctx": f"Step {i} of", "endings": [" a", " the", " one", " it"],
+                                                  "label": i % 4}) + "\n" for i in range(5)))
+    args = tiny(data_root, tmp_path, *REFERENCE, "--val-steps", "1",  # 1 per rank = the reference's 2
+                "--hellaswag", "--hellaswag-file", str(hellaswag_file))
     result = run_ok(args, launcher=["--standalone", "--nproc_per_node=2"])
+    accuracies = re.findall(r"^HellaSwag accuracy: (\d+)/(\d+)=", result.stdout, flags=re.M)
+    assert len(accuracies) == 5 and all(total == "5" for _, total in accuracies), accuracies
     assert "=> calculated gradient accumulation steps: 1" in result.stdout.splitlines()
     assert "using device: cpu x 2 process(es)" in result.stdout
     assert_same_losses_as_reference(tmp_path, reference_log_dir)
+    # the gradient too: accumulation scales each micro-step's loss, so the norms agree (unscaled, they doubled)
+    ours, theirs = step_fields(result.stdout), step_fields(reference[0])
+    assert sorted(ours) == list(range(12))
+    assert all(float(ours[s][2]) == pytest.approx(float(theirs[s][2]), rel=1e-3, abs=1e-4) for s in ours), (ours, theirs)
     # every rank prints its own samples
     assert len(re.findall(r"^rank 1 sample \d: ", result.stdout, flags=re.M)) == 8
 
 
-@pytest.mark.slow
 def run_two_nodes(args_of_node, tmp_path):
     """train_gpt2.py as two torchrun "nodes" of one process each on loopback, node i with args_of_node[i]:
     (exit statuses, outputs)."""
@@ -303,6 +328,7 @@ def run_two_nodes(args_of_node, tmp_path):
     return [proc.returncode for proc, _ in procs], [out.read() for _, out in procs]
 
 
+@pytest.mark.slow
 def test_two_nodes_on_loopback_match_one_process_with_gradient_accumulation(data_root, reference, tmp_path):
     _, reference_log_dir = reference
     args = tiny(data_root, tmp_path, *REFERENCE, "--val-steps", "1")
@@ -314,6 +340,7 @@ def test_two_nodes_on_loopback_match_one_process_with_gradient_accumulation(data
     assert_same_losses_as_reference(tmp_path, reference_log_dir)
 
 
+@pytest.mark.slow
 def test_two_nodes_that_would_resume_from_different_checkpoints_stop_with_one_error_line(data_root, tmp_path):
     # node 1's --log-dir is not node 0's (no shared filesystem): node 0 holds the checkpoint of a two-process
     # run, node 1 none. Before, rank 1 started over at step 0 with a fresh optimizer while rank 0 went on
