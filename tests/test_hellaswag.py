@@ -196,7 +196,8 @@ def test_the_training_run_counts_acc_norm(model, one_at_a_time, tmp_path):
     import train_gpt2
     _, _, sum_loss, num_tokens = one_at_a_time
     pred_norm = (sum_loss / num_tokens).argmin(1)
-    path = write_jsonl(tmp_path / "val.jsonl", [{**ex, "label": int(p)} for ex, p in zip(written_examples(), pred_norm)])
+    relabelled = [{**ex, "label": int(p)} for ex, p in zip(written_examples(), pred_norm)]
+    path = write_jsonl(tmp_path / "val.jsonl", relabelled)
     assert train_gpt2.evaluate_hellaswag(model, path, "cpu", None, rank=0, world_size=1) == (30, 30)
 
 

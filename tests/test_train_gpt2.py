@@ -295,7 +295,8 @@ def test_ddp_two_processes_match_one_process_with_gradient_accumulation(data_roo
     # the gradient too: accumulation scales each micro-step's loss, so the norms agree (unscaled, they doubled)
     ours, theirs = step_fields(result.stdout), step_fields(reference[0])
     assert sorted(ours) == list(range(12))
-    assert all(float(ours[s][2]) == pytest.approx(float(theirs[s][2]), rel=1e-3, abs=1e-4) for s in ours), (ours, theirs)
+    norm = 2  # (loss, lr, norm)
+    assert all(float(ours[s][norm]) == pytest.approx(float(theirs[s][norm]), rel=1e-3) for s in ours), (ours, theirs)
     # every rank prints its own samples
     assert len(re.findall(r"^rank 1 sample \d: ", result.stdout, flags=re.M)) == 8
 
