@@ -493,6 +493,14 @@ def find_resume_checkpoint(resume, log_dir, warn=print):
     return resume
 
 
+def changed_args(saved, now):
+    """The flags of `now` that differ from the checkpoint's `saved` ones, as '--flag old -> new', except those that
+    only say how this job runs (--resume, --stop-after, --log-dir, --device)."""
+    ignored = {"resume", "stop_after", "log_dir", "device"}
+    return ", ".join(f"--{k.replace('_', '-')} {saved[k]} -> {v}" for k, v in now.items()
+                     if k in saved and k not in ignored and saved[k] != v)
+
+
 def check_same_checkpoint(resume_path, world_size):
     """Every rank must continue from the same checkpoint. Only rank 0 writes them: on several machines without a
     shared --log-dir the others would find none (or stale ones) and train on from another step, with another
@@ -644,6 +652,8 @@ def train(args, preemption):
         set_rng_state(ckpt["rng"])
         start_step = ckpt["step"]
         print0(f"resumed from {resume_path} at step {start_step}")
+        if changed := changed_args(ckpt.get("args", {}), vars(args)):
+            print0(f"note: flags changed since that checkpoint was written: {changed}")
         if start_step >= args.max_steps:
             print0(f"nothing to train: the checkpoint is at step {start_step} and --max-steps is {args.max_steps} "
                    "(a larger --max-steps trains on, with the schedule stretched to it)")

@@ -398,11 +398,20 @@ def test_resume_auto_after_sigkill_matches_uninterrupted_run(data_root, referenc
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
+def test_a_resume_names_the_flags_that_changed_since_its_checkpoint():
+    saved = vars(train_gpt2.parse_args(["--data-root", "old_shards", "--resume", "none"]))
+    now = vars(train_gpt2.parse_args(["--data-root", "new_shards", "--resume", "auto", "--total-batch-size", "262144",
+                                      "--stop-after", "5", "--log-dir", "elsewhere"]))
+    assert train_gpt2.changed_args(saved, now) == "--data-root old_shards -> new_shards, --total-batch-size 524288 " \
+                                                  "-> 262144"
+
+
 def test_resume_from_a_checkpoint_path_matches_uninterrupted_run(data_root, reference, tmp_path):
     reference_stdout, reference_log_dir = reference
     checkpoint = os.path.join(reference_log_dir, "model_00004.pt")
     result = run_ok(tiny(data_root, tmp_path, *REFERENCE, "--resume", checkpoint))
     assert f"resumed from {checkpoint} at step 4" in result.stdout
+    assert "note: flags changed" not in result.stdout  # another --log-dir and --resume change nothing of the run
     expected_lines = [line for line in log_lines(reference_log_dir) if int(line.split()[0]) >= 4]
     assert log_lines(tmp_path) == expected_lines  # val at 6, 9, 11 too: the val loader starts over each time
     expected = step_fields(reference_stdout)
