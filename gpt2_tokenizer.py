@@ -154,7 +154,8 @@ def write_hf_tokenizer_files(out_dir, model_max_length=1024):
     with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-        json.dump({"tokenizer_class": "GPT2Tokenizer", "model_max_length": model_max_length, "bos_token": "<|endoftext|>",
+        json.dump({"tokenizer_class": "GPT2Tokenizer", "model_max_length": model_max_length,
+                   "bos_token": "<|endoftext|>",
                    "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}, f)
 
 

@@ -83,7 +83,8 @@ def plot(path, out, references=True):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("log", nargs="?", default="log/log.txt", help="a train_gpt2.py log.txt (default log/log.txt)")
-    parser.add_argument("-o", "--out", default=None, help="the PNG to write, or a folder for loss.png (default: loss.png beside the log)")
+    parser.add_argument("-o", "--out", default=None,
+                        help="the PNG to write, or a folder for loss.png (default: loss.png beside the log)")
     parser.add_argument("--no-references", action="store_true", help="leave out the cited reference lines")
     args = parser.parse_args(argv)
     out = args.out or os.path.join(os.path.dirname(args.log) or ".", "loss.png")
