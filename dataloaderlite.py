@@ -92,7 +92,7 @@ class DataLoaderLite:
         if not kept:
             path, n = max(short, key=lambda s: s[1])
             raise DataError(f"{path} has {n:,} tokens, fewer than one step needs: {need_text}, and no {split} shard "
-                            f"has more; use a smaller B or T")
+                            "has more; use a smaller B or T")
         self.shards = [path for path, _ in kept]
         self.offsets, self.lengths = zip(*(header for _, header in kept))
         if verbose:

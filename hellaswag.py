@@ -82,7 +82,7 @@ def download(split="val", folder=None, url=None, sha256=None, progress=True, tim
     except OSError as e:  # a file in the way, a read-only home, a full disk
         reason = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror or e
         raise ValueError(f"cannot write into the HellaSwag cache folder {folder} ({reason}); set HELLASWAG_DIR "
-                         f"to another folder, or " + OFFLINE_HINT.format(split=split)) from e
+                         "to another folder, or " + OFFLINE_HINT.format(split=split)) from e
     try:
         digest, size = hashlib.sha256(), 0
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as response:

@@ -489,7 +489,7 @@ def find_resume_checkpoint(resume, log_dir, warn=print):
     if newer:
         raise CheckpointError(f"{log_dir}/ holds checkpoints after {os.path.basename(resume)} (newest: "
                               f"{os.path.basename(newer[-1])}): a later --resume auto would continue that run, not "
-                              f"this one; move them away, or resume into another --log-dir")
+                              "this one; move them away, or resume into another --log-dir")
     return resume
 
 
