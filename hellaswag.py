@@ -43,7 +43,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from gpt2_modules import AUTOCAST, GPT, autocast, default_dtype, resolve_device
-from gpt2_tokenizer import TokenizerUnavailable, get_encoding
+from gpt2_tokenizer import TokenizerUnavailable, folder_error, get_encoding
 
 # -----------------------------------------------------------------------------
 # the data: download, or a local file
@@ -80,8 +80,7 @@ def download(split="val", folder=None, url=None, sha256=None, progress=True, tim
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".hellaswag_{split}.", suffix=".part", dir=folder)
     except OSError as e:  # a file in the way, a read-only home, a full disk
-        reason = "a file of that name is in the way" if isinstance(e, FileExistsError) else e.strerror or e
-        raise ValueError(f"cannot write into the HellaSwag cache folder {folder} ({reason}); set HELLASWAG_DIR "
+        raise ValueError(f"cannot write into the HellaSwag cache folder {folder} ({folder_error(e)}); set HELLASWAG_DIR "
                          "to another folder, or " + OFFLINE_HINT.format(split=split)) from e
     try:
         digest, size = hashlib.sha256(), 0
