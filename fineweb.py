@@ -361,7 +361,6 @@ def write_shards(documents, local_dir, shard_size=10**8, num_proc=None, *, confi
     tokens = sum(s["tokens"] for s in writer.shards)
     return dict(documents=sum(s["documents"] for s in writer.shards), tokens=tokens, shards=len(writer.shards),
                 reused_shards=reused, new_tokens=tokens - done_tokens, seconds=seconds,
-                tokens_per_s=(tokens - done_tokens) / max(seconds, 1e-9),
                 files=[os.path.join(local_dir, s["file"]) for s in writer.shards])
 
 
@@ -684,6 +683,16 @@ def source_config(args):
     return dict(dataset=dataset, remote_name=args.remote_name, text_column=args.text_column, files=None)
 
 
+def timing(summary, open_seconds, streaming):
+    """The run's time, split so that the tokens/s printed is the tokenizer's and not the network's."""
+    s, new = summary["seconds"], summary["new_tokens"]
+    if streaming:  # the download is interleaved with the tokenizing: one figure for both, and it says so
+        return f"{s:.1f} s, {new / max(s, 1e-9):,.0f} tokens/s (streamed: the download included)"
+    work = max(s - open_seconds, 1e-9)
+    return (f"{s:.1f} s: {open_seconds:.1f} s opening the input (any download and Arrow conversion), then "
+            f"{work:.1f} s tokenizing and writing at {new / work:,.0f} tokens/s")
+
+
 def main(argv=None):
     """The command line; returns write_shards' summary. User errors: one `error:` line on stderr, exit 1."""
     args = parse_args(argv)
@@ -697,8 +706,10 @@ def main(argv=None):
         opened = {}
 
         def documents(start):  # opened only when shards are left to write
+            t = time.time()
             ds, opened["n"] = load_documents(args.dataset, args.remote_name, args.files, args.text_column,
                                              args.streaming, args.cache_dir, args.num_proc, progress=not args.quiet)
+            opened["seconds"] = time.time() - t  # a download happens here, unless streaming
             return iter_texts(ds, args.text_column, input_files(args.dataset, args.files), start)
 
         summary = write_shards(documents, args.local_dir, args.shard_size, args.num_proc, config=config,
@@ -722,7 +733,7 @@ def main(argv=None):
     else:
         print(f"fineweb: {s['documents']:,} documents, {s['tokens']:,} tokens, {shards}"
               + (f", {s['reused_shards']} kept from an earlier run" if s["reused_shards"] else "")
-              + f") in {s['seconds']:.1f} s, {s['tokens_per_s']:,.0f} tokens/s -> {args.local_dir}")
+              + f") in {timing(s, opened.get('seconds', 0.0), args.streaming)} -> {args.local_dir}")
     if s["shards"] == 1:
         print("note: everything fit in the val shard; use a smaller --shard-size to get train shards")
     return summary

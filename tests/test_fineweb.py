@@ -3,6 +3,7 @@ import glob
 import json
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 
@@ -117,6 +118,26 @@ def test_streaming_writes_the_same_bytes_as_a_materialised_dataset(tmp_path, ref
     files, _, want = reference
     run_inprocess(files, tmp_path / "out", tmp_path, "--streaming")
     assert file_bytes(tmp_path / "out") == want
+
+
+def test_the_printed_tokens_per_second_leaves_out_the_time_spent_opening_the_input(tmp_path, reference, capsys):
+    # on the real run the opening is the download of 27 GB: a rate over the whole time would be the network's
+    assert fineweb.timing(dict(seconds=10.0, new_tokens=1000), 6.0, streaming=False) == (
+        "10.0 s: 6.0 s opening the input (any download and Arrow conversion), then 4.0 s tokenizing and writing "
+        "at 250 tokens/s")
+    assert fineweb.timing(dict(seconds=10.0, new_tokens=1000), 0.1, streaming=True) == (
+        "10.0 s, 100 tokens/s (streamed: the download included)")
+    files, _, _ = reference
+    capsys.readouterr()
+    summary = run_inprocess(files, tmp_path / "out", tmp_path)
+    line = capsys.readouterr().out.splitlines()[-1]
+    m = re.search(r"in ([\d.]+) s: ([\d.]+) s opening the input \(.*\), then ([\d.]+) s tokenizing and writing "
+                  r"at ([\d,]+) tokens/s -> ", line)
+    assert m, line
+    total, opening, work = (float(g) for g in m.groups()[:3])
+    assert abs(total - opening - work) <= 0.11 and total == round(summary["seconds"], 1)
+    run_inprocess(files, tmp_path / "streamed", tmp_path, "--streaming")
+    assert capsys.readouterr().out.splitlines()[-1].endswith(f"(streamed: the download included) -> {tmp_path / 'streamed'}")
 
 
 def test_spawn_start_method_and_one_process_write_the_same_bytes(tmp_path, reference):
