@@ -174,6 +174,8 @@ def check_args(args, world_size):
         raise ConfigError(f"need 0 <= --min-lr <= --max-lr and --max-lr > 0, got {args.min_lr} and {args.max_lr}")
     if not args.grad_clip > 0:  # 0 would zero every gradient, and a negative value flip them
         raise ConfigError(f"--grad-clip must be positive, got {args.grad_clip}")
+    if not -2**63 <= args.seed < 2**64:  # what torch.manual_seed takes
+        raise ConfigError(f"--seed must fit in 64 bits, got {args.seed}")
     if not args.weight_decay >= 0:
         raise ConfigError(f"--weight-decay must be 0 or more, got {args.weight_decay}")
     span = args.batch_size * args.seq_len * world_size
@@ -230,6 +232,12 @@ def is_compile_failure(e):
     return isinstance(e, (BackendCompilerFailed, InductorError))
 
 
+def is_out_of_memory(e):
+    # CUDA raises torch.OutOfMemoryError; the CPU allocator a plain RuntimeError that says so
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+
+
 def all_reduce_mean(t, world_size):
     # gloo has no ReduceOp.AVG in many torch versions: sum, then divide (exact for NCCL too)
     if world_size > 1:
@@ -238,11 +246,17 @@ def all_reduce_mean(t, world_size):
     return t
 
 
+class Diverged(ConfigError):
+    pass
+
+
 def check_finite(what, value, step, log_dir):
     """Stop before a diverged run writes a checkpoint: the newest one on disk stays the last good state."""
     if not math.isfinite(value):
-        raise ConfigError(f"the {what} became {value} at step {step}; stopping without a checkpoint "
-                          f"(the last good one is the newest in {log_dir}/; try a lower --max-lr)")
+        good = [path for s, path in list_checkpoints(log_dir) if s <= step]
+        raise Diverged(f"the {what} became {value} at step {step}; stopping without a checkpoint ("
+                       + (f"the last good one is {good[-1]}" if good else "none was written before it")
+                       + "; try a lower --max-lr)")
 
 
 def synchronize(device):
@@ -399,14 +413,14 @@ class HashingWriter:
         self.f.flush()
 
 
-def save_checkpoint(path, model, optimizer, step, loader_state, args):
+def save_checkpoint(path, model, optimizer, step, loader_state, args, rng=None):
     ckpt = {
         "model": model.state_dict(),  # the raw module's: no _orig_mod. or module. prefixes
         "config": asdict(model.config),
         "optimizer": optimizer.state_dict(),
         "step": step,  # optimizer steps completed; the resumed run starts at this step
         "loader": loader_state,  # the same on every rank: rank r adds its own offset
-        "rng": rng_state(),
+        "rng": rng or rng_state(),
         "args": vars(args),
     }
     tmp, sidecar = path + ".tmp", sidecar_path(path)
@@ -437,6 +451,22 @@ def save_checkpoint(path, model, optimizer, step, loader_state, args):
         raise CheckpointError(f"cannot write the checkpoint {path} ({e.strerror or e}: is the disk full?); "
                               + (f"the previous checkpoint {intact[-1]} is intact: " if intact else "")
                               + "free some space, then continue with --resume auto") from e
+
+
+def save_before_failure(before, model, optimizer, args, print0):
+    """After a step failed before its update: a checkpoint of the state before that step, so that
+    --resume auto repeats the failed step and loses none of the steps since the last checkpoint."""
+    step, loader_state, rng = before
+    path = checkpoint_path(args.log_dir, step)
+    if not (os.path.exists(path) and checkpoint_problem(path) is None):  # not saved at the end of the last step
+        try:
+            save_checkpoint(path, model, optimizer, step, loader_state, args, rng=rng)
+        except (CheckpointError, RuntimeError) as e:  # the run's own error is the one to report
+            print0(f"could not save the state before step {step} either ({e})")
+            return
+        prune_checkpoints(args.log_dir, step, args.keep_checkpoints)
+    print0(f"saved {path}: the state before the failed step {step}; fix the cause below, then continue with "
+           "--resume auto")
 
 
 def checkpoint_problem(path, need_sidecar=True):
@@ -501,6 +531,20 @@ def changed_args(saved, now):
                      if k in saved and k not in ignored and saved[k] != v)
 
 
+def load_optimizer_state(optimizer, saved):
+    """The checkpoint's AdamW state (moments, step counts) under this run's settings.
+
+    torch's load_state_dict restores the saved param groups' settings too: a --weight-decay changed on
+    resume would be ignored, and a CPU checkpoint resumed on a GPU would run unfused AdamW after printing
+    `using fused AdamW: True`. Loading the state under this optimizer's settings also lets torch place the
+    step counts where those settings need them (on the GPU for the fused kernel).
+    """
+    ours = optimizer.state_dict()["param_groups"]
+    groups = [{**theirs, **{k: v for k, v in mine.items() if k != "params"}}
+              for theirs, mine in zip(saved["param_groups"], ours)]
+    optimizer.load_state_dict({**saved, "param_groups": groups})
+
+
 def check_same_checkpoint(resume_path, world_size):
     """Every rank must continue from the same checkpoint. Only rank 0 writes them: on several machines without a
     shared --log-dir the others would find none (or stale ones) and train on from another step, with another
@@ -527,6 +571,44 @@ def remove_checkpoint(path):
     for p in (path, sidecar_path(path)):  # the checkpoint first: none is ever left without its sidecar
         if os.path.exists(p):
             os.remove(p)
+
+
+class LogDirLock:
+    """One run at a time in a log folder: a second run there would delete the first one's half-written
+    checkpoint as stale, resume from its checkpoints and write its lines into the same log.txt.
+
+    The lock is flock() on the folder itself: no file to leave behind, and the kernel drops it when the
+    process ends, however it ends (a SIGKILL, a lost node), so a crashed run never blocks the next one.
+    Rank 0 holds it for the whole job. Where flock is missing (Windows) or unsupported (some network
+    filesystems) there is no check.
+    """
+
+    def __init__(self, log_dir):
+        self.log_dir, self.fd = log_dir, None
+
+    def acquire(self):
+        if self.fd is not None or not os.path.isdir(self.log_dir):
+            return
+        try:
+            import fcntl
+            fd = os.open(self.log_dir, os.O_RDONLY)
+        except (ImportError, OSError):
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(f"another run is training in {self.log_dir}/ (it holds the folder's lock): let it "
+                              "finish or stop it first, or give this run its own --log-dir") from None
+        except OSError:  # no locks on this filesystem
+            os.close(fd)
+            return
+        self.fd = fd
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor drops the lock
+            self.fd = None
 
 
 def remove_stale_files(log_dir, print0):
@@ -588,9 +670,11 @@ class Preemption:
 # the training run
 
 
-def train(args, preemption):
+def train(args, preemption, lock):
     rank, local_rank, world_size, device = setup_distributed(args.device)
     master = rank == 0
+    if master:
+        lock.acquire()  # a folder that is there already: before anything reads its checkpoints
     print0 = print if master else (lambda *a, **k: None)
     device_type = device.split(":")[0]
     dtype, use_compile = default_dtype_and_compile(device_type, args.dtype, args.compile)
@@ -647,7 +731,7 @@ def train(args, preemption):
             raise ConfigError(f"{resume_path} holds a model of another shape ({ckpt['config']}) "
                               f"than this run builds ({asdict(model.config)})")
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(optimizer, ckpt["optimizer"])
         train_loader.load_state_dict(ckpt["loader"])
         set_rng_state(ckpt["rng"])
         start_step = ckpt["step"]
@@ -668,79 +752,92 @@ def train(args, preemption):
 
     os.makedirs(args.log_dir, exist_ok=True)
     if master:
+        lock.acquire()  # a folder this run made: before anything is removed or written there
         remove_stale_files(args.log_dir, print0)
     log = RunLog(os.path.join(args.log_dir, "log.txt"), start_step) if master else None
     lr_at = lambda s: get_lr(s, args.max_lr, args.min_lr, args.warmup_steps, args.max_steps)
 
     signum = 0  # the signal that ends this run early, if one does
-    for step in range(start_step, args.max_steps):
-        t0 = time.time()
-        last_step = step == args.max_steps - 1
+    before = None
+    try:
+        for step in range(start_step, args.max_steps):
+            t0 = time.time()
+            last_step = step == args.max_steps - 1
+            # the state before this step, to save if the step fails before its update (a shard gone, out
+            # of memory): the weights and AdamW's state change only in optimizer.step()
+            before = (step, train_loader.state_dict(), rng_state()) if master and step > start_step else None
 
-        # once in a while: validation loss, HellaSwag, samples (the lecture's order)
-        if step % args.eval_interval == 0 or last_step:
-            model.eval()
-            val_loss = evaluate_val(model, val_loader, args.val_steps, device, autocast_ctx, world_size)
-            print0(f"validation loss: {val_loss:.4f}")
-            check_finite("validation loss", val_loss, step, args.log_dir)
-            if master:
-                log.write(step, "val", val_loss)
-            if hellaswag_path:
-                # the uncompiled module: HellaSwag's shapes vary by example, which would recompile
-                correct, total = evaluate_hellaswag(raw_model, hellaswag_path, device, autocast_dtype,
-                                                    rank, world_size)
-                print0(f"HellaSwag accuracy: {correct}/{total}={correct / total:.4f}")
+            # once in a while: validation loss, HellaSwag, samples (the lecture's order)
+            if step % args.eval_interval == 0 or last_step:
+                model.eval()
+                val_loss = evaluate_val(model, val_loader, args.val_steps, device, autocast_ctx, world_size)
+                print0(f"validation loss: {val_loss:.4f}")
+                check_finite("validation loss", val_loss, step, args.log_dir)
                 if master:
-                    log.write(step, "hella", correct / total)
-        if (step > 0 and step % args.sample_interval == 0) or last_step:
-            raw_model.eval()
-            print_samples(raw_model, enc, rank, autocast_dtype)
+                    log.write(step, "val", val_loss)
+                if hellaswag_path:
+                    # the uncompiled module: HellaSwag's shapes vary by example, which would recompile
+                    correct, total = evaluate_hellaswag(raw_model, hellaswag_path, device, autocast_dtype,
+                                                        rank, world_size)
+                    print0(f"HellaSwag accuracy: {correct}/{total}={correct / total:.4f}")
+                    if master:
+                        log.write(step, "hella", correct / total)
+            if (step > 0 and step % args.sample_interval == 0) or last_step:
+                raw_model.eval()
+                print_samples(raw_model, enc, rank, autocast_dtype)
 
-        # one optimisation step: grad_accum_steps micro-batches, one optimizer update
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        loss_accum = torch.zeros((), device=device)
-        for micro_step in range(grad_accum_steps):
-            x, y = train_loader.next_batch()
-            # DDP all-reduces gradients on every backward; only the last micro-step's is needed
-            sync = world_size == 1 or micro_step == grad_accum_steps - 1
-            with nullcontext() if sync else model.no_sync():
-                with autocast_ctx:
-                    _, loss = model(x, y)
-                # the gradients of the micro-steps add up: scale each loss so they add up to the mean
-                loss = loss / grad_accum_steps
-                loss_accum += loss.detach()
-                loss.backward()
-        all_reduce_mean(loss_accum, world_size)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        lr = lr_at(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.step()
-        synchronize(device)  # wait for the GPU before reading the clock
-        dt = time.time() - t0
-        loss_value, norm_value = loss_accum.item(), norm.item()
-        # a non-finite gradient norm means this update wrote NaNs into the weights, even with a finite loss
-        check_finite("loss", loss_value, step, args.log_dir)
-        check_finite("gradient norm", norm_value, step, args.log_dir)
-        tokens_per_sec = B * T * grad_accum_steps * world_size / dt
-        print0(format_step(step, loss_value, lr, norm_value, dt * 1000, tokens_per_sec), flush=True)
-        if master:
-            log.write(step, "train", loss_value)
-        preemption.step_ended = True
+            # one optimisation step: grad_accum_steps micro-batches, one optimizer update
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            loss_accum = torch.zeros((), device=device)
+            for micro_step in range(grad_accum_steps):
+                x, y = train_loader.next_batch()
+                # DDP all-reduces gradients on every backward; only the last micro-step's is needed
+                sync = world_size == 1 or micro_step == grad_accum_steps - 1
+                with nullcontext() if sync else model.no_sync():
+                    with autocast_ctx:
+                        _, loss = model(x, y)
+                    # the gradients of the micro-steps add up: scale each loss so they add up to the mean
+                    loss = loss / grad_accum_steps
+                    loss_accum += loss.detach()
+                    loss.backward()
+            all_reduce_mean(loss_accum, world_size)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            lr = lr_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            before = None  # from here on the weights and AdamW's state are no longer the state before the step
+            optimizer.step()
+            synchronize(device)  # wait for the GPU before reading the clock
+            dt = time.time() - t0
+            loss_value, norm_value = loss_accum.item(), norm.item()
+            # a non-finite gradient norm means this update wrote NaNs into the weights, even with a finite loss
+            check_finite("loss", loss_value, step, args.log_dir)
+            check_finite("gradient norm", norm_value, step, args.log_dir)
+            tokens_per_sec = B * T * grad_accum_steps * world_size / dt
+            print0(format_step(step, loss_value, lr, norm_value, dt * 1000, tokens_per_sec), flush=True)
+            if master:
+                log.write(step, "train", loss_value)
+            preemption.step_ended = True
 
-        # a checkpoint at the end of this step if it is time, or if a signal or --stop-after ends this job
-        signum = preemption.agreed(device, world_size)
-        stopping = signum or (args.stop_after is not None and step + 1 - start_step >= args.stop_after)
-        if master and ((step + 1) % args.checkpoint_interval == 0 or last_step or stopping):
-            path = checkpoint_path(args.log_dir, step + 1)
-            save_checkpoint(path, raw_model, optimizer, step + 1, train_loader.state_dict(), args)
-            prune_checkpoints(args.log_dir, step + 1, args.keep_checkpoints)
-            print0(f"saved {path}")
-        if stopping and not last_step:
-            why = f"{signal.Signals(signum).name} received" if signum else f"--stop-after {args.stop_after}"
-            print0(f"stopped after step {step} ({why}) with a checkpoint; continue with --resume auto")
-            break
+            # a checkpoint at the end of this step if it is time, or if a signal or --stop-after ends this job
+            signum = preemption.agreed(device, world_size)
+            stopping = signum or (args.stop_after is not None and step + 1 - start_step >= args.stop_after)
+            if master and ((step + 1) % args.checkpoint_interval == 0 or last_step or stopping):
+                path = checkpoint_path(args.log_dir, step + 1)
+                save_checkpoint(path, raw_model, optimizer, step + 1, train_loader.state_dict(), args)
+                prune_checkpoints(args.log_dir, step + 1, args.keep_checkpoints)
+                print0(f"saved {path}")
+            if stopping and not last_step:
+                why = f"{signal.Signals(signum).name} received" if signum else f"--stop-after {args.stop_after}"
+                print0(f"stopped after step {step} ({why}) with a checkpoint; continue with --resume auto")
+                break
+    except Exception as e:
+        # a failed step loses nothing since the last checkpoint: save the state before it (rank 0's, which
+        # every rank shares), unless the run diverged (then the newest checkpoint is the last good state)
+        if before is not None and not isinstance(e, Diverged):
+            save_before_failure(before, raw_model, optimizer, args, print0)
+        raise
 
     if world_size > 1:
         # leave together: a rank that tears down while rank 0 still writes its checkpoint can lose the
@@ -756,9 +853,10 @@ def main(argv=None):
     if world_size > 1:
         whole_lines()
     preemption = Preemption()  # from the start: SIGTERM during setup stops the run after its first step
+    lock = LogDirLock(args.log_dir)
     try:
         check_args(args, world_size)
-        if train(args, preemption) == signal.SIGINT:
+        if train(args, preemption, lock) == signal.SIGINT:
             die_of_sigint()  # after its checkpoint
     except KeyboardInterrupt:  # a Ctrl-C before the first step ended, or a second one
         fail(f"interrupted; --resume auto continues from the newest complete checkpoint in {args.log_dir}/, "
@@ -768,11 +866,15 @@ def main(argv=None):
         # folder this user may not write, a full disk while writing log.txt)
         fail(f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename else e)
     except Exception as e:
+        if is_out_of_memory(e):
+            fail(f"out of memory ({str(e).strip().splitlines()[0]}); a smaller --batch-size needs less, and gradient "
+                 "accumulation keeps --total-batch-size (README: Other GPU counts, 40 GB cards)")
         if not is_compile_failure(e):
             raise
         fail(f"torch.compile failed on this machine ({str(e).strip().splitlines()[0]}); run with --no-compile "
              "(on a CPU, compiling needs a C++ compiler and Python's headers)")
     finally:
+        lock.release()
         preemption.restore()
 
 

@@ -17,7 +17,7 @@ import torch
 import train_gpt2
 from gpt2_modules import load_checkpoint
 from test_train_gpt2 import (ROOT, SCRIPT, TIMEOUT, assert_one_error_line, data_root, env_for_runs,  # noqa: F401
-                             log_lines, logged, run_main_in_process, run_ok, tiny)
+                             log_lines, logged, run_main_in_process, run_ok, run_script, tiny)
 
 # 16 steps: validation at 0, 5, 10 and 15 (20 micro-batches, ~0.5 s: long enough to be killed inside),
 # samples at 15 only, a checkpoint after every 2nd step of which the 2 newest are kept (the default)
@@ -239,6 +239,79 @@ def test_ctrl_c_before_the_first_step_has_ended_quits_at_once_and_saves_nothing(
     assert run.output().splitlines()[-1].startswith("error: interrupted; ")
     assert train_gpt2.list_checkpoints(str(tmp_path)) == []
     run_ok(tiny(data_root, tmp_path, "--max-steps", "2", "--device", "cpu"))  # the same folder starts a new run
+
+
+def test_a_step_that_fails_before_its_update_is_saved_and_the_resumed_run_matches(data_root, uninterrupted,
+                                                                                  tmp_path):
+    # a shard gone mid-run (an NFS hiccup, a cleanup job): the steps since the last checkpoint are not lost
+    _, uninterrupted_log_dir = uninterrupted
+    data = tmp_path / "data"
+    shutil.copytree(data_root, data)
+    shard = data / "edufineweb_train_000000.npy"
+    log_dir = tmp_path / "log"
+    args = tiny(str(data), log_dir, *FAULTY, "--checkpoint-interval", "1000", "--resume", "auto")
+    run = Background(args, tmp_path / "failed.out")
+    run.wait_for_line(step_line(4), "step 4")
+    shard.rename(tmp_path / "away.npy")
+    assert run.wait() == 1
+    out = run.output().splitlines()
+    failed = int(re.fullmatch(r"saved .*model_(\d+)\.pt: the state before the failed step \d+; fix the cause "
+                              r"below, then continue with --resume auto", out[-2])[1])
+    assert out[-1] == f"error: No such file or directory: {shard}"
+    assert 5 <= failed <= 16 and max(logged(log_dir, "train")) == failed - 1
+    assert [s for s, _ in train_gpt2.list_checkpoints(str(log_dir))] == [failed]
+    (tmp_path / "away.npy").rename(shard)
+    result = run_ok(args)
+    assert f"resumed from {log_dir / f'model_{failed:05d}.pt'} at step {failed}" in result.stdout
+    assert_same_run(log_dir, uninterrupted_log_dir)
+
+
+def test_a_diverged_run_saves_nothing_and_names_the_last_good_checkpoint(data_root, tmp_path, capsys):
+    args = tiny(data_root, tmp_path, "--max-steps", "6", "--checkpoint-interval", "2", "--eval-interval", "100",
+                "--device", "cpu")
+    run_ok([*args, "--stop-after", "2"])
+    line = assert_one_error_line(run_main_in_process([*args, "--resume", "auto", "--max-lr", "1e30"], capsys))
+    assert re.fullmatch(r"error: the (loss|gradient norm) became (nan|inf) at step [2-5]; stopping without a "
+                        rf"checkpoint \(the last good one is {tmp_path / 'model_00002.pt'}; try a lower --max-lr\)",
+                        line), line
+    assert [s for s, _ in train_gpt2.list_checkpoints(str(tmp_path))] == [2]
+    fresh = tiny(data_root, tmp_path / "fresh", "--max-steps", "6", "--eval-interval", "100", "--device", "cpu")
+    line = assert_one_error_line(run_main_in_process([*fresh, "--max-lr", "1e30"], capsys))
+    assert line.endswith("stopping without a checkpoint (none was written before it; try a lower --max-lr)"), line
+
+
+def test_a_second_run_in_a_log_dir_in_use_stops_at_once_and_leaves_the_first_alone(data_root, tmp_path):
+    # left to go on, the second run would delete the first one's half-written checkpoint as stale, resume
+    # from its checkpoints and write into its log.txt
+    log_dir = tmp_path / "log"  # made by the first run: it takes the lock after making it
+    args = tiny(data_root, log_dir, "--max-steps", "1000", "--eval-interval", "1000", "--sample-interval", "1000",
+                "--checkpoint-interval", "1", "--device", "cpu", "--resume", "auto")
+    first = Background(args, tmp_path / "first.out")
+    first.wait_for_line(step_line(2), "step 2")
+    second = run_script(args)
+    assert second.returncode == 1 and assert_one_error_line(second) == (
+        f"error: another run is training in {log_dir}/ (it holds the folder's lock): let it finish or stop it "
+        "first, or give this run its own --log-dir")
+    assert "step" not in second.stdout and "resumed" not in second.stdout  # it stopped before reading anything
+    first.kill(signal.SIGTERM)
+    assert first.wait() == 0, first.output()[-3000:]
+    assert "error" not in first.output() and "removed" not in first.output()
+    last = max(logged(log_dir, "train"))
+    assert sorted(logged(log_dir, "train")) == list(range(last + 1))  # one run's lines, none twice
+    # the lock ends with its run: the next one in that folder carries on
+    result = run_ok([*args, "--max-steps", str(last + 2)])
+    assert f"at step {last + 1}" in result.stdout
+
+
+def test_the_log_dir_lock_is_held_until_released(tmp_path):
+    first, second = train_gpt2.LogDirLock(str(tmp_path)), train_gpt2.LogDirLock(str(tmp_path))
+    first.acquire()
+    with pytest.raises(train_gpt2.ConfigError, match="another run is training in"):
+        second.acquire()
+    first.release()
+    second.acquire()
+    second.release()
+    assert os.listdir(tmp_path) == []  # nothing left behind
 
 
 def worker_pid(launcher_pid, rank):

@@ -423,6 +423,37 @@ def test_resume_from_a_checkpoint_path_matches_uninterrupted_run(data_root, refe
     assert samples == re.findall(r"^rank 0 sample \d: .*$", reference_stdout, flags=re.M)
 
 
+def test_a_resume_trains_with_this_runs_weight_decay_not_the_checkpoints(data_root, reference, tmp_path):
+    reference_stdout, reference_log_dir = reference
+    checkpoint = os.path.join(reference_log_dir, "model_00008.pt")
+    result = run_ok(tiny(data_root, tmp_path, *REFERENCE, "--resume", checkpoint, "--weight-decay", "50"))
+    assert "note: flags changed since that checkpoint was written: --weight-decay 0.1 -> 50.0" in result.stdout
+    expected, resumed = step_fields(reference_stdout), step_fields(result.stdout)
+    assert resumed[8][0] == expected[8][0]  # the loss before the first update under the new decay
+    assert all(resumed[s][0] != expected[s][0] for s in (9, 10, 11))  # torch's load_state_dict kept 0.1: equal
+    saved = load_checkpoint(str(tmp_path / "model_00012.pt"))
+    assert [g["weight_decay"] for g in saved["optimizer"]["param_groups"]] == [50.0, 0.0] == [
+        saved["args"]["weight_decay"], 0.0]
+
+
+def test_optimizer_state_loads_under_this_runs_settings_fused_or_not():
+    torch.manual_seed(0)
+    model = gpt2_modules.GPT(gpt2_modules.GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=1, n_embd=8))
+    x = torch.randint(0, 16, (2, 8))
+    old = model.configure_optimizers(0.1, 1e-3, "cpu", verbose=False)  # unfused, as on a CPU
+    model(x, x)[1].backward()
+    old.step()
+    groups = [{"params": g["params"], "weight_decay": wd} for g, wd in zip(old.param_groups, (0.5, 0.0))]
+    new = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, fused=True)  # as a GPU run builds it
+    train_gpt2.load_optimizer_state(new, old.state_dict())
+    assert [(g["weight_decay"], g["fused"]) for g in new.param_groups] == [(0.5, True), (0.0, True)]
+    for p in model.parameters():
+        assert torch.equal(new.state[p]["exp_avg"], old.state[p]["exp_avg"])
+        assert new.state[p]["step"].item() == 1
+    new.step()  # the fused kernel takes the loaded state
+    assert all(new.state[p]["step"].item() == 2 for p in model.parameters())
+
+
 # which checkpoint --resume auto picks (the newest complete one): tests/test_fault_tolerance.py
 
 
@@ -495,6 +526,17 @@ def assert_one_error_line(result):
     return lines[0]
 
 
+def _overcommit_mode():
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+HEURISTIC_OVERCOMMIT = _overcommit_mode() == "0"
+
+
 def run_main_in_process(argv, capsys):
     """train_gpt2.main as the CLI calls it, in this process (no interpreter start): its error line and exit status."""
     capsys.readouterr()
@@ -517,6 +559,11 @@ def run_main_in_process(argv, capsys):
     (["--grad-clip", "0"], r"--grad-clip must be positive, got 0.0"),
     (["--grad-clip", "-1"], r"--grad-clip must be positive, got -1.0"),
     (["--weight-decay", "-5"], r"--weight-decay must be 0 or more, got -5.0"),
+    (["--seed", str(2**64)], r"--seed must fit in 64 bits, got 18446744073709551616$"),
+    # 4M wide: an 800 GB token embedding, which Linux's default overcommit heuristic refuses at once
+    pytest.param(["--n-embd", "4000000", "--n-head", "1"], r"out of memory \(.*can't allocate memory.*\); a "
+                 r"smaller --batch-size needs less, and gradient accumulation keeps",
+                 marks=pytest.mark.skipif(not HEURISTIC_OVERCOMMIT, reason="needs vm.overcommit_memory = 0")),
 ])
 def test_bad_sizes_stop_with_one_error_line(data_root, tmp_path, capsys, extra, expected):
     line = assert_one_error_line(run_main_in_process(tiny(data_root, tmp_path, "--max-steps", "2", *extra), capsys))
