@@ -185,6 +185,28 @@ def shard_name(prefix, index):
 # -----------------------------------------------------------------------------
 # shards and the manifest
 
+def config_change(old, new):
+    """What differs between two manifests' configs, in words: for the input files, which file and how."""
+    short = lambda v: repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."  # noqa: E731
+    parts = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if k == "files" and isinstance(a, list) and isinstance(b, list):
+            was, now = {f["path"]: f for f in a}, {f["path"]: f for f in b}
+            parts += [f"{p} is new" for p in now if p not in was]
+            parts += [f"{p} is gone" for p in was if p not in now]
+            for p in (p for p in now if p in was and was[p] != now[p]):
+                parts.append(f"{p} changed: {was[p]['bytes']:,} -> {now[p]['bytes']:,} bytes" if
+                             was[p]["bytes"] != now[p]["bytes"] else f"{p} was modified since (same size)")
+            if was == now:  # the same files, listed in another order
+                parts.append("the files are in another order")
+        else:
+            parts.append(f"{k}: {short(a)} -> {short(b)}")
+    return ", ".join(parts)
+
+
 class ShardWriter:
     """Cuts the token stream into shards, writes each atomically and records it in the manifest.
 
@@ -226,10 +248,8 @@ class ShardWriter:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise FinewebError(f"cannot read {self.manifest_path} ({e}); delete {self.local_dir} to start over")
         if old_config != self.config and any(os.path.exists(os.path.join(self.local_dir, s["file"])) for s in shards):
-            short = lambda v: repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."  # noqa: E731
-            changed = [k for k in sorted(set(old_config) | set(self.config)) if old_config.get(k) != self.config.get(k)]
-            diff = ", ".join(f"{k}: {short(old_config.get(k))} -> {short(self.config.get(k))}" for k in changed)
-            raise FinewebError(f"{self.local_dir} holds shards made with other arguments ({diff}); "
+            raise FinewebError(f"{self.local_dir} holds shards made with other arguments "
+                               f"({config_change(old_config, self.config)}); "
                                "pass another --local-dir, or delete it to start over")
         # keep the longest prefix of shards that are still on disk with their recorded size
         for shard in shards:
@@ -397,6 +417,20 @@ def resolve_files(patterns):
     return files, kinds.pop()
 
 
+def folder_files(folder):
+    """The files under a local dataset folder, hidden ones aside, sorted."""
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".")]
+    return found
+
+
+def file_record(path):
+    # size and mtime: a file edited between runs must not be resumed into shards of its old text
+    return dict(path=path, bytes=os.path.getsize(path), mtime_ns=os.stat(path).st_mtime_ns)
+
+
 def open_dataset(datasets, dataset, remote_name, files, streaming, cache_dir, num_proc):
     """The input as datasets opens it: --files, a folder from save_to_disk, a folder of data files or a hub id."""
     if files:
@@ -421,8 +455,10 @@ def open_dataset(datasets, dataset, remote_name, files, streaming, cache_dir, nu
         if streaming:
             ds = ds.to_iterable_dataset()
     elif os.path.isdir(dataset):  # a local folder of data files
+        texts = all(f.lower().endswith(".txt") for f in folder_files(dataset) if not f.lower().endswith(".md"))
+        kwargs = dict(sample_by="document") if texts else {}  # as with --files: a .txt file is a document
         ds = datasets.load_dataset(dataset, name=remote_name, split="train", streaming=streaming,
-                                   cache_dir=cache_dir)
+                                   cache_dir=cache_dir, **kwargs)
     elif dataset.startswith(("/", "./", "../", "~")):  # meant as a path, not a hub id
         raise FinewebError(f"--dataset: there is no folder {dataset}")
     else:  # a hub id; its parquet files are converted to Arrow num_proc at a time
@@ -637,6 +673,8 @@ def check_args(args):
 def check_local_dir(local_dir):
     """Now, not at the first shard's write, after a download of ~28 GB and 100M tokens of work: can the shards go
     in local_dir? (It is created only when the first shard is written.)"""
+    if not local_dir:
+        raise FinewebError("--local-dir is empty (an unset variable?): name the folder for the shards")
     existing = os.path.abspath(local_dir)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
@@ -676,11 +714,12 @@ def source_config(args):
     """What determines the token stream, recorded in the manifest: a rerun must match it to resume."""
     if args.files:
         files, _ = resolve_files(args.files)
-        # size and mtime: a file edited between runs must not be resumed into shards of its old text
-        return dict(dataset=None, remote_name=None, text_column=args.text_column,
-                    files=[dict(path=f, bytes=os.path.getsize(f), mtime_ns=os.stat(f).st_mtime_ns) for f in files])
-    dataset = os.path.abspath(args.dataset) if os.path.isdir(args.dataset) else args.dataset
-    return dict(dataset=dataset, remote_name=args.remote_name, text_column=args.text_column, files=None)
+        return dict(dataset=None, remote_name=None, text_column=args.text_column, files=list(map(file_record, files)))
+    if os.path.isdir(args.dataset):  # a local folder: its files too, for the same reason
+        dataset = os.path.abspath(args.dataset)
+        return dict(dataset=dataset, remote_name=args.remote_name, text_column=args.text_column,
+                    files=list(map(file_record, folder_files(dataset))))
+    return dict(dataset=args.dataset, remote_name=args.remote_name, text_column=args.text_column, files=None)
 
 
 def timing(summary, open_seconds, streaming):

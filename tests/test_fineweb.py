@@ -137,7 +137,8 @@ def test_the_printed_tokens_per_second_leaves_out_the_time_spent_opening_the_inp
     total, opening, work = (float(g) for g in m.groups()[:3])
     assert abs(total - opening - work) <= 0.11 and total == round(summary["seconds"], 1)
     run_inprocess(files, tmp_path / "streamed", tmp_path, "--streaming")
-    assert capsys.readouterr().out.splitlines()[-1].endswith(f"(streamed: the download included) -> {tmp_path / 'streamed'}")
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.endswith(f"(streamed: the download included) -> {tmp_path / 'streamed'}"), last
 
 
 def test_spawn_start_method_and_one_process_write_the_same_bytes(tmp_path, reference):
@@ -161,6 +162,40 @@ def test_local_dataset_folders_from_save_to_disk_or_of_data_files_give_the_same_
         fineweb.main(["--dataset", str(tmp_path / folder), "--local-dir", str(tmp_path / f"out_{folder}"),
                       "--shard-size", str(SHARD), "--cache-dir", str(tmp_path / "hf"), "--quiet"])
         assert file_bytes(tmp_path / f"out_{folder}") == want
+
+
+def test_a_dataset_folder_of_txt_files_reads_each_file_as_one_document_as_files_does(tmp_path, enc):
+    # datasets' text builder makes every line a document and drops the newlines, unless told otherwise
+    write_input(tmp_path / "folder", "txt")
+    fineweb.main(["--dataset", str(tmp_path / "folder"), "--local-dir", str(tmp_path / "out"),
+                  "--shard-size", str(SHARD), "--cache-dir", str(tmp_path / "hf"), "--quiet"])
+    np.testing.assert_array_equal(read_shards(tmp_path / "out"), expected_stream(enc))
+
+
+def test_a_rerun_after_a_file_of_a_dataset_folder_changed_refuses_and_names_the_file(tmp_path, capsys):
+    files = write_input(tmp_path / "folder", "jsonl")
+    args = ["--dataset", str(tmp_path / "folder"), "--local-dir", str(tmp_path / "out"), "--shard-size",
+            str(SHARD), "--cache-dir", str(tmp_path / "hf"), "--quiet"]
+    fineweb.main(args)
+    before = file_bytes(tmp_path / "out")
+    with open(files[0], "a", encoding="utf-8") as f:
+        f.write(json.dumps({"id": 99, "text": "An edit."}) + "\n")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        fineweb.main(args)
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"error: {tmp_path / 'out'} holds shards made with other arguments \({files[0]} changed: "
+                        r"[\d,]+ -> [\d,]+ bytes\); pass another --local-dir, or delete it to start over\n", err), err
+    assert file_bytes(tmp_path / "out") == before
+
+
+def test_what_changed_in_the_input_files_is_said_file_by_file():
+    rec = lambda path, size, mtime=1: dict(path=path, bytes=size, mtime_ns=mtime)  # noqa: E731
+    old = dict(files=[rec("a", 10), rec("b", 20), rec("c", 30)], shard_size=100)
+    new = dict(files=[rec("a", 10, mtime=2), rec("b", 25), rec("d", 5)], shard_size=200)
+    assert fineweb.config_change(old, new) == ("d is new, c is gone, a was modified since (same size), "
+                                               "b changed: 20 -> 25 bytes, shard_size: 100 -> 200")
+    assert fineweb.config_change(old, dict(old, files=old["files"][::-1])) == "the files are in another order"
 
 
 def test_manifest_records_the_source_and_per_shard_counts_that_match_the_files(tmp_path, enc, reference):
@@ -518,6 +553,13 @@ def test_a_local_dir_that_is_a_file_stops_before_the_input_is_read(tmp_path, cap
                          capsys)
     assert err == f"error: --local-dir {local_dir}: {tmp_path / 'taken'} is a file, not a folder\n"
     assert not (tmp_path / "hf").exists()  # the input was never opened
+
+
+def test_an_empty_local_dir_stops_before_the_input_is_read(tmp_path, capsys):
+    files = write_input(tmp_path / "in", "jsonl")
+    err = fail_inprocess(["--files", *files, "--local-dir", "", "--cache-dir", str(tmp_path / "hf")], capsys)
+    assert err == "error: --local-dir is empty (an unset variable?): name the folder for the shards\n"
+    assert not (tmp_path / "hf").exists()
 
 
 def test_quiet_silences_the_progress_bars_of_datasets_too_and_restores_them(tmp_path, capsys):
