@@ -30,7 +30,8 @@ Measured so far (benchmarks/results.jsonl), n_layer 4, n_head 4, n_embd 256, B=8
 AMD EPYC (Zen 4, AVX-512 BF16, no AMX) this repo is developed on, a machine shared with other work:
 the lecture's settings (bf16 autocast, eager) ~1,500 tok/s; on a quiet machine (medians) --compile
 1.37x and float32 0.79x. Two runs on a loaded machine (best of 3 rounds) spread widely: --compile 1.24x
-and 1.55x, the chunked loss alone 0.84x and 0.89x (it halves the memory), fused AdamW 1.17x and 1.15x;
+and 1.55x, the chunked loss alone 0.84x and 0.89x (it halves the memory), fused AdamW 1.17x and 1.15x,
+all three together 1.32x and 0.66x;
 one thread instead of two 0.64x in one run and 2.12x in the other, where other processes held the cores. On one H100 (torch 2.11, gpt2 124M, B=64, T=1024, 262,144 tokens a step): the
 lecture's settings 476,500 tok/s = 41.2% MFU, 44.3 GB, 34 s to the first step; SDPA already picks cuDNN
 there (cudnn = 1.000x); chunked-ce 0.963x at 27.4 GB; best 0.972x; best-b128 0.994x at 49.8 GB.
@@ -610,53 +611,57 @@ def main(argv=None):
           f"{platform.python_version()} | {os.cpu_count()} CPUs | model {args.model} "
           f"{ {k: v for k, v in overrides.items() if v} } vocab {args.vocab_size} | T {args.seq_len} | "
           f"{args.rounds} round(s), tok/s = {args.estimator} | results -> {args.results}", flush=True)
-    print("FLOPs per token = 6N + 12*L*H*Q*T, N = non-embedding parameters; MFU against the dense bf16 peak",
-          flush=True)
+    print("FLOPs per token = 6N + 12*L*H*Q*T, N = non-embedding parameters (all but the position embedding: "
+          "the token embedding is also the output layer); MFU against the dense bf16 peak", flush=True)
     base = lecture_settings(device_type)
     run_start = time.perf_counter()
     results = {name: [] for name in names}  # one result per round
     rows = []
+    interrupted = False
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
-        for r in range(args.rounds):
-            for k, name in enumerate(names):
-                settings = replace(base, **PRESETS[name].changes)
-                B = settings.batch_size or args.batch_size
-                grad_accum = max(1, round((args.total_batch_size or B * args.seq_len) / (B * args.seq_len)))
-                round_note = f" round {r + 1}/{args.rounds}" if args.rounds > 1 else ""
-                print(f"[{k + 1}/{len(names)}{round_note}] {name}: B={B} T={args.seq_len} grad_accum={grad_accum}"
-                      f" | {PRESETS[name].changes or 'the lecture'} | prediction: {PRESETS[name].prediction}",
-                      flush=True)
-                timeout, limit = args.timeout, "--timeout"
-                left = None if args.time_budget is None else args.time_budget - (time.perf_counter() - run_start)
-                if left is not None and left < MIN_CONFIG_S:
-                    why = (f"{max(left, 0):.0f} s left of --time-budget {args.time_budget:g} s, less than the "
-                           f"{MIN_CONFIG_S} s a configuration takes at least")
-                    print(f"  [{name}] skipped: {why}", flush=True)
-                    result = dict(status="skipped", error=why, B=B, grad_accum=grad_accum)
-                else:
-                    if left is not None and left < timeout:
-                        timeout, limit = left, f"what was left of --time-budget {args.time_budget:g} s"
-                    profile = args.profile if r == 0 else None
-                    if profile and len(names) > 1:
-                        stem, ext = os.path.splitext(profile)
-                        profile = f"{stem}.{name}{ext or '.json'}"
-                    job = dict(name=name, settings=asdict(settings), device=device_type, model=args.model,
-                               overrides=overrides, vocab_size=args.vocab_size, B=B, T=args.seq_len,
-                               grad_accum=grad_accum, steps=args.steps, warmup=args.warmup,
-                               max_seconds=args.max_seconds, profile=profile, profile_steps=args.profile_steps,
-                               cold_compile=args.cold_compile, result_path=os.path.join(tmp, f"{r}-{k}.json"))
-                    load_before = os.getloadavg()[0]
-                    result = run_in_process(job, timeout, limit)
-                    result.update(B=B, grad_accum=grad_accum, load_avg_1min=[load_before, os.getloadavg()[0]])
-                    if result["status"] in ("timeout", "crashed"):  # the worker could not say it itself
-                        print(f"  [{name}] {result['status']}: {result['error']}", flush=True)
-                results[name].append(result)
-                if result["status"] == "ok":
-                    print(f"  [{name}] {result['tok_per_s']:,.0f} tok/s (median step {1000 * result['step_s_median']:.1f}"
-                          f" ms) | first step {result['first_step_s']:.1f} s | peak mem {result['peak_mem_gb']:.2f} GB",
+        try:
+            for r in range(args.rounds):
+                for k, name in enumerate(names):
+                    settings = replace(base, **PRESETS[name].changes)
+                    B = settings.batch_size or args.batch_size
+                    grad_accum = max(1, round((args.total_batch_size or B * args.seq_len) / (B * args.seq_len)))
+                    round_note = f" round {r + 1}/{args.rounds}" if args.rounds > 1 else ""
+                    print(f"[{k + 1}/{len(names)}{round_note}] {name}: B={B} T={args.seq_len} grad_accum={grad_accum}"
+                          f" | {PRESETS[name].changes or 'the lecture'} | prediction: {PRESETS[name].prediction}",
                           flush=True)
-                if r == args.rounds - 1:  # written as soon as it is final: a run cut short keeps what it measured
-                    rows.append(record_config(name, results[name], rows, args, device_type, run_id, overrides))
+                    timeout, limit = args.timeout, "--timeout"
+                    left = None if args.time_budget is None else args.time_budget - (time.perf_counter() - run_start)
+                    if left is not None and left < MIN_CONFIG_S:
+                        why = (f"{max(left, 0):.0f} s left of --time-budget {args.time_budget:g} s, less than the "
+                               f"{MIN_CONFIG_S} s a configuration takes at least")
+                        print(f"  [{name}] skipped: {why}", flush=True)
+                        result = dict(status="skipped", error=why, B=B, grad_accum=grad_accum)
+                    else:
+                        if left is not None and left < timeout:
+                            timeout, limit = left, f"what was left of --time-budget {args.time_budget:g} s"
+                        profile = args.profile if r == 0 else None
+                        if profile and len(names) > 1:
+                            stem, ext = os.path.splitext(profile)
+                            profile = f"{stem}.{name}{ext or '.json'}"
+                        job = dict(name=name, settings=asdict(settings), device=device_type, model=args.model,
+                                   overrides=overrides, vocab_size=args.vocab_size, B=B, T=args.seq_len,
+                                   grad_accum=grad_accum, steps=args.steps, warmup=args.warmup,
+                                   max_seconds=args.max_seconds, profile=profile, profile_steps=args.profile_steps,
+                                   cold_compile=args.cold_compile, result_path=os.path.join(tmp, f"{r}-{k}.json"))
+                        load_before = os.getloadavg()[0]
+                        result = run_in_process(job, timeout, limit)
+                        result.update(B=B, grad_accum=grad_accum, load_avg_1min=[load_before, os.getloadavg()[0]])
+                        if result["status"] in ("timeout", "crashed"):  # the worker could not say it itself
+                            print(f"  [{name}] {result['status']}: {result['error']}", flush=True)
+                    results[name].append(result)
+                    if result["status"] == "ok":
+                        print(f"  [{name}] {result['tok_per_s']:,.0f} tok/s (median step "
+                              f"{1000 * result['step_s_median']:.1f} ms) | first step {result['first_step_s']:.1f} s"
+                              f" | peak mem {result['peak_mem_gb']:.2f} GB", flush=True)
+                    if r == args.rounds - 1:  # written as soon as it is final: a run cut short keeps what it measured
+                        rows.append(record_config(name, results[name], rows, args, device_type, run_id, overrides))
+        except KeyboardInterrupt:  # Ctrl-C: the worker is killed (run_in_process); keep what was measured
+            interrupted = True
 
     what = {"median": "the median of all timed steps", "best-round": "the best round's median step",
             "fastest": "the fastest timed step"}[args.estimator]
@@ -670,6 +675,10 @@ def main(argv=None):
     if unsaved:
         sys.exit(f"error: the JSON lines of {', '.join(unsaved)} could not be appended to {args.results}; "
                  "they are printed above")
+    if interrupted:
+        print(f"error: interrupted; the {len(rows)} configuration(s) in the table above are all that was measured",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 def record_config(name, runs, rows, args, device_type, run_id, overrides):

@@ -78,7 +78,14 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        batch_sizes = [int(b) for b in args.batch_size.split(",")]
+        try:
+            batch_sizes = [int(b) for b in args.batch_size.split(",")]
+        except ValueError:
+            raise ValueError(f"--batch-size takes whole numbers separated by commas, got {args.batch_size!r}")
+        if min(batch_sizes) < 1:
+            raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+        if args.limit is not None and args.limit < 1:
+            raise ValueError(f"--limit must be positive, got {args.limit}")
         device = torch.device(resolve_device(args.device))
         dtype = AUTOCAST[default_dtype(device.type, args.dtype)]
         file = hellaswag.data_file("val", args.file)

@@ -91,7 +91,7 @@ def write_shard(path, n_tokens, seed=0):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=100_000_000, help="shard size (fineweb.py writes 1e8)")
     parser.add_argument("-B", type=int, default=64)
     parser.add_argument("-T", type=int, default=1024)
@@ -103,6 +103,9 @@ def main():
     if args.measure:
         return measure(args.measure[0], args.measure[1], args.B, args.T)
 
+    if min(args.B, args.T) < 1 or args.tokens < args.B * args.T + 1:
+        parser.error(f"need B, T >= 1 and --tokens >= B*T+1 = {args.B * args.T + 1:,} (one batch), "
+                     f"got B={args.B}, T={args.T}, --tokens {args.tokens:,}")
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "edufineweb_train_000000.npy")

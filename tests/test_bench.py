@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -192,6 +193,28 @@ def seconds(text):
     """The profiler table's times ('469.369us', '1.832ms') in seconds."""
     value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
     return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1}[unit]
+
+
+def test_ctrl_c_prints_the_table_of_what_was_measured_and_one_error_line(tmp_path):
+    results = tmp_path / "r.jsonl"
+    # each configuration times steps for 3 s: Ctrl-C lands while fp32 runs, after baseline is done
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench.py"), *TINY, "--steps", "100000",
+                             "--max-seconds", "3", "--rounds", "1", "--configs", "baseline,fp32", "--results",
+                             str(results)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith("[2/2] fp32: "):  # baseline's line is written; fp32's worker starts
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, err = proc.communicate(timeout=120)
+    stdout = "".join(out) + rest
+    assert proc.returncode == 130
+    assert "Traceback" not in err and err.splitlines()[-1] == (
+        "error: interrupted; the 1 configuration(s) in the table above are all that was measured")
+    assert list(table_rows(stdout)) == ["baseline"]
+    assert [json.loads(line)["config"] for line in results.read_text().splitlines()] == ["baseline"]
 
 
 def test_a_profile_path_in_a_missing_folder_fails_before_measuring_anything(tmp_path):

@@ -244,6 +244,21 @@ def test_bench_times_the_lectures_scheme_and_ours_with_the_same_predictions(tmp_
         assert r["speedup_vs_lecture"] == pytest.approx(r["lecture_s"] / r["batched_s"], rel=0.05)
 
 
+@pytest.mark.parametrize("script, args, expected", [
+    ("hellaswag_bench.py", ["--batch-size", "0"], "error: --batch-size must be positive, got 0"),
+    ("hellaswag_bench.py", ["--batch-size", "4,x"], "error: --batch-size takes whole numbers separated by commas, "
+                                                    "got '4,x'"),
+    ("hellaswag_bench.py", ["--limit", "-4"], "error: --limit must be positive, got -4"),
+    ("loader_memory_bench.py", ["--tokens", "1000"], "loader_memory_bench.py: error: need B, T >= 1 and --tokens >= "
+                                                     "B*T+1 = 65,537 (one batch), got B=64, T=1024, --tokens 1,000"),
+])
+def test_the_benchmarks_refuse_bad_flags_in_one_line(tmp_path, script, args, expected):
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", script), *args, "--results", str(tmp_path / "r.jsonl")]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode in (1, 2) and out.stderr.splitlines()[-1] == expected, out.stderr
+    assert not (tmp_path / "r.jsonl").exists()
+
+
 def test_format_accuracy_is_the_lectures_line():
     assert hellaswag.format_accuracy(2523, 10042) == "HellaSwag accuracy: 2523/10042=0.2512"
 
