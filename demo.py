@@ -99,7 +99,7 @@ def main(argv=None):
     data_dir = args.data_dir or os.path.join("demo_data", os.path.basename(corpus).split("_")[0])
 
     print("== 2/4 shards (fineweb.py)", flush=True)
-    # 100k-token shards: the val shard is the first ~100k tokens (Genesis to Exodus for the Bible)
+    # 100k-token shards: the val shard is the first ~100k tokens (Genesis to Leviticus 12 for the Bible)
     fineweb.main(["--files", corpus, "--local-dir", data_dir, "--shard-size", "100000", "--quiet"])
 
     print("== 3/4 training (train_gpt2.py)", flush=True)
@@ -116,8 +116,10 @@ def main(argv=None):
     log = os.path.join(args.log_dir, "log.txt")
     # no reference lines: the cited GPT-2 figures are losses on FineWeb-Edu, not on this corpus
     print(f"wrote {plot_log.plot(log, os.path.join(args.log_dir, 'loss.png'), references=False)}")
-    val = plot_log.read_log(log)["val"][1]
-    print(f"validation loss: {val[0]:.4f} at step 0 -> {val[-1]:.4f} at the end ({val[0] - val[-1]:.2f} nats lower)")
+    steps, val = plot_log.read_log(log)["val"]
+    # the last validation runs at the start of the last step, as in the lecture: before its update
+    print(f"validation loss: {val[0]:.4f} at step {steps[0]} -> {val[-1]:.4f} at step {steps[-1]} "
+          f"({val[0] - val[-1]:.2f} nats lower)")
 
 
 if __name__ == "__main__":
