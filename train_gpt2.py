@@ -605,6 +605,22 @@ class LogDirLock:
             return
         self.fd = fd
 
+    def acquire_on_rank0(self, rank, world_size):
+        """Rank 0 takes the lock and every rank learns whether it could, so that all of them stop together
+        (a rank left to go on would die in its next collective, with a traceback of its own)."""
+        refused = None
+        if rank == 0:
+            try:
+                self.acquire()
+            except ConfigError as e:
+                refused = str(e)
+        if world_size > 1:
+            box = [refused]
+            dist.broadcast_object_list(box, src=0)
+            refused = box[0]
+        if refused:
+            raise ConfigError(refused)
+
     def release(self):
         if self.fd is not None:
             os.close(self.fd)  # closing the last descriptor drops the lock
@@ -673,8 +689,7 @@ class Preemption:
 def train(args, preemption, lock):
     rank, local_rank, world_size, device = setup_distributed(args.device)
     master = rank == 0
-    if master:
-        lock.acquire()  # a folder that is there already: before anything reads its checkpoints
+    lock.acquire_on_rank0(rank, world_size)  # a folder that is there already: before its checkpoints are read
     print0 = print if master else (lambda *a, **k: None)
     device_type = device.split(":")[0]
     dtype, use_compile = default_dtype_and_compile(device_type, args.dtype, args.compile)
@@ -751,8 +766,8 @@ def train(args, preemption, lock):
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
     os.makedirs(args.log_dir, exist_ok=True)
+    lock.acquire_on_rank0(rank, world_size)  # a folder this run made: before anything is removed or written there
     if master:
-        lock.acquire()  # a folder this run made: before anything is removed or written there
         remove_stale_files(args.log_dir, print0)
     log = RunLog(os.path.join(args.log_dir, "log.txt"), start_step) if master else None
     lr_at = lambda s: get_lr(s, args.max_lr, args.min_lr, args.warmup_steps, args.max_steps)

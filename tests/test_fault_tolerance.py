@@ -303,6 +303,21 @@ def test_a_second_run_in_a_log_dir_in_use_stops_at_once_and_leaves_the_first_alo
     assert f"at step {last + 1}" in result.stdout
 
 
+def test_a_log_dir_in_use_stops_every_torchrun_rank_with_one_error_line(data_root, tmp_path):
+    holder = train_gpt2.LogDirLock(str(tmp_path))  # this process plays the run already training there
+    holder.acquire()
+    try:
+        result = run_script(tiny(data_root, tmp_path, "--max-steps", "2", "--device", "cpu"),
+                            launcher=["--standalone", "--nproc_per_node=2"])
+    finally:
+        holder.release()
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: another run is training in {tmp_path}/ (it holds the folder's lock): let it finish "
+                      "or stop it first, or give this run its own --log-dir"], result.stderr
+    assert "[rank1]" not in result.stderr and "gloo" not in result.stderr  # rank 1 stopped too, not in a collective
+
+
 def test_the_log_dir_lock_is_held_until_released(tmp_path):
     first, second = train_gpt2.LogDirLock(str(tmp_path)), train_gpt2.LogDirLock(str(tmp_path))
     first.acquire()
