@@ -193,14 +193,20 @@ def config_change(old, new):
         a, b = old.get(k), new.get(k)
         if a == b:
             continue
-        if k == "files" and isinstance(a, list) and isinstance(b, list):
+        if k == "files" and a is None and isinstance(b, list):  # a manifest of a fineweb.py before files were kept
+            parts.append(f"the {len(b)} input files were not recorded by the fineweb.py that made those shards")
+        elif k == "files" and isinstance(a, list) and isinstance(b, list):
             was, now = {f["path"]: f for f in a}, {f["path"]: f for f in b}
             parts += [f"{p} is new" for p in now if p not in was]
             parts += [f"{p} is gone" for p in was if p not in now]
             for p in (p for p in now if p in was and was[p] != now[p]):
                 parts.append(f"{p} changed: {was[p]['bytes']:,} -> {now[p]['bytes']:,} bytes" if
                              was[p]["bytes"] != now[p]["bytes"] else f"{p} was modified since (same size)")
-            if was == now:  # the same files, listed in another order
+            for files, when in ((b, "now"), (a, "then")):
+                seen = [f["path"] for f in files]
+                parts += [f"{p} is listed {seen.count(p)} times {when}" for p in dict.fromkeys(seen)
+                          if seen.count(p) > 1]
+            if not parts:  # the same files, listed in another order
                 parts.append("the files are in another order")
         else:
             parts.append(f"{k}: {short(a)} -> {short(b)}")
@@ -417,6 +423,10 @@ def resolve_files(patterns):
     return files, kinds.pop()
 
 
+# the extensions of datasets' own file formats (a README.md or LICENSE beside them is not read)
+DATA_EXTENSIONS = {".txt", ".json", ".jsonl", ".parquet", ".csv", ".tsv", ".arrow"}
+
+
 def folder_files(folder):
     """The files under a local dataset folder, hidden ones aside, sorted."""
     found = []
@@ -455,8 +465,9 @@ def open_dataset(datasets, dataset, remote_name, files, streaming, cache_dir, nu
         if streaming:
             ds = ds.to_iterable_dataset()
     elif os.path.isdir(dataset):  # a local folder of data files
-        texts = all(f.lower().endswith(".txt") for f in folder_files(dataset) if not f.lower().endswith(".md"))
-        kwargs = dict(sample_by="document") if texts else {}  # as with --files: a .txt file is a document
+        # the data files that datasets would read: .txt ones alone make it use its text builder
+        kinds = {os.path.splitext(f)[1].lower() for f in folder_files(dataset)} & DATA_EXTENSIONS
+        kwargs = dict(sample_by="document") if kinds == {".txt"} else {}  # as with --files: a .txt file is a document
         ds = datasets.load_dataset(dataset, name=remote_name, split="train", streaming=streaming,
                                    cache_dir=cache_dir, **kwargs)
     elif dataset.startswith(("/", "./", "../", "~")):  # meant as a path, not a hub id
@@ -667,6 +678,11 @@ def check_args(args):
     if args.num_proc is not None and args.num_proc < 1:
         raise FinewebError(f"--num-proc must be at least 1 (got {args.num_proc})")
     check_local_dir(args.local_dir)
+    if not args.files and os.path.isdir(args.dataset):
+        inside = os.path.relpath(os.path.abspath(args.local_dir), os.path.abspath(args.dataset))
+        if inside == "." or not inside.startswith(".."):
+            raise FinewebError(f"--local-dir {args.local_dir} is inside the --dataset folder {args.dataset}: its "
+                               "shards and manifest would be read as input; put them in another folder")
     return args
 
 

@@ -14,6 +14,7 @@ so a seeded cache is exactly as trustworthy as a download.
 """
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
@@ -181,7 +182,7 @@ def _put(data, url, sha256, dest):
             f.write(data)
         os.replace(tmp, path)
     except OSError as e:  # another user's folder (tiktoken's default is in the shared /tmp), a full disk
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):  # not ours to remove if another user left it there
             os.remove(tmp)
         raise CacheNotWritable(f"cannot write into the cache folder {dest} ({folder_error(e)}); seed another "
                                "folder with --cache-dir and point TIKTOKEN_CACHE_DIR at it") from e

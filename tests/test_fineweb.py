@@ -167,6 +167,7 @@ def test_local_dataset_folders_from_save_to_disk_or_of_data_files_give_the_same_
 def test_a_dataset_folder_of_txt_files_reads_each_file_as_one_document_as_files_does(tmp_path, enc):
     # datasets' text builder makes every line a document and drops the newlines, unless told otherwise
     write_input(tmp_path / "folder", "txt")
+    (tmp_path / "folder" / "LICENSE").write_text("not a document\n")  # not a data file: datasets leaves it
     fineweb.main(["--dataset", str(tmp_path / "folder"), "--local-dir", str(tmp_path / "out"),
                   "--shard-size", str(SHARD), "--cache-dir", str(tmp_path / "hf"), "--quiet"])
     np.testing.assert_array_equal(read_shards(tmp_path / "out"), expected_stream(enc))
@@ -196,6 +197,19 @@ def test_what_changed_in_the_input_files_is_said_file_by_file():
     assert fineweb.config_change(old, new) == ("d is new, c is gone, a was modified since (same size), "
                                                "b changed: 20 -> 25 bytes, shard_size: 100 -> 200")
     assert fineweb.config_change(old, dict(old, files=old["files"][::-1])) == "the files are in another order"
+    assert fineweb.config_change(old, dict(old, files=old["files"] + [rec("a", 10)])) == "a is listed 2 times now"
+    assert fineweb.config_change(dict(old, files=None), old) == (
+        "the 3 input files were not recorded by the fineweb.py that made those shards")
+
+
+def test_a_local_dir_inside_the_dataset_folder_is_refused_before_anything_is_read(tmp_path, capsys):
+    write_input(tmp_path / "folder", "jsonl")
+    err = fail_inprocess(["--dataset", str(tmp_path / "folder"), "--local-dir", str(tmp_path / "folder" / "shards"),
+                          "--cache-dir", str(tmp_path / "hf")], capsys)
+    assert err == (f"error: --local-dir {tmp_path / 'folder' / 'shards'} is inside the --dataset folder "
+                   f"{tmp_path / 'folder'}: its shards and manifest would be read as input; put them in another "
+                   "folder\n")
+    assert not (tmp_path / "hf").exists()
 
 
 def test_manifest_records_the_source_and_per_shard_counts_that_match_the_files(tmp_path, enc, reference):
