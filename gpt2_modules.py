@@ -342,6 +342,12 @@ def resolve_device(name="auto"):
     return name
 
 
+def is_out_of_memory(e):
+    # CUDA raises torch.OutOfMemoryError; the CPU allocator a plain RuntimeError that says so
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+
+
 # -----------------------------------------------------------------------------
 # precision: what --dtype auto means for training, evaluation and sampling alike
 

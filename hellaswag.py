@@ -42,7 +42,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from gpt2_modules import AUTOCAST, GPT, autocast, default_dtype, resolve_device
+from gpt2_modules import AUTOCAST, GPT, autocast, default_dtype, is_out_of_memory, resolve_device
 from gpt2_tokenizer import TokenizerUnavailable, folder_error, get_encoding
 
 # -----------------------------------------------------------------------------
@@ -362,6 +362,10 @@ def main(argv=None):
                                                             progress=sys.stderr.isatty())
     except (ValueError, TokenizerUnavailable) as e:
         sys.exit(f"error: {e}")
+    except RuntimeError as e:
+        if not is_out_of_memory(e):
+            raise
+        sys.exit(f"error: out of memory ({str(e).strip().splitlines()[0]}); a smaller --batch-size needs less")
     print(f"acc:      {num_correct}/{num_total}={num_correct / num_total:.4f}  (lowest summed loss)")
     print(f"acc_norm: {num_correct_norm}/{num_total}={num_correct_norm / num_total:.4f}  "
           f"(lowest average loss per token: the lecture's number)")

@@ -38,8 +38,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dataloaderlite import DataLoaderLite
 from fineweb import fsync_dir
-from gpt2_modules import (AUTOCAST, GPT, MODEL_SIZES, GPTConfig, default_dtype, generate, load_checkpoint,
-                          resolve_device)
+from gpt2_modules import (AUTOCAST, GPT, MODEL_SIZES, GPTConfig, default_dtype, generate, is_out_of_memory,
+                          load_checkpoint, resolve_device)
 from gpt2_tokenizer import TokenizerUnavailable, get_encoding
 
 # -----------------------------------------------------------------------------
@@ -230,12 +230,6 @@ def is_compile_failure(e):
     from torch._dynamo.exc import BackendCompilerFailed
     from torch._inductor.exc import InductorError
     return isinstance(e, (BackendCompilerFailed, InductorError))
-
-
-def is_out_of_memory(e):
-    # CUDA raises torch.OutOfMemoryError; the CPU allocator a plain RuntimeError that says so
-    return isinstance(e, torch.OutOfMemoryError) or (
-        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
 
 
 def all_reduce_mean(t, world_size):

@@ -11,6 +11,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import gpt2_modules
 from gpt2_modules import AUTOCAST, MODEL_SIZES, GPT, GPTConfig, default_dtype, export_hf, generate, load_checkpoint
+from test_train_gpt2 import HEURISTIC_OVERCOMMIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "Hello, I'm a language model,"
@@ -519,3 +520,13 @@ def test_cli_export_to_a_folder_it_cannot_make_is_one_error_line(tiny_checkpoint
     assert run_main_in_process("export", tiny_checkpoint[1], out) == \
         f"error: cannot write the export folder {out} ({reason})"
     assert (tmp_path / "notes.txt").read_text() == "keep me\n"
+
+
+@pytest.mark.skipif(not HEURISTIC_OVERCOMMIT,
+                    reason="needs Linux's default overcommit heuristic, which refuses an 800 GB allocation at once")
+def test_out_of_memory_is_recognised_from_the_cpu_allocator_and_cuda():
+    with pytest.raises(RuntimeError) as e:
+        torch.empty(100 * 2**30, dtype=torch.float64)  # 800 GB
+    assert gpt2_modules.is_out_of_memory(e.value)
+    assert gpt2_modules.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not gpt2_modules.is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
