@@ -680,7 +680,7 @@ def check_args(args):
     check_local_dir(args.local_dir)
     if not args.files and os.path.isdir(args.dataset):
         inside = os.path.relpath(os.path.abspath(args.local_dir), os.path.abspath(args.dataset))
-        if inside == "." or not inside.startswith(".."):
+        if not (inside == os.pardir or inside.startswith(os.pardir + os.sep)):  # not above or beside it
             raise FinewebError(f"--local-dir {args.local_dir} is inside the --dataset folder {args.dataset}: its "
                                "shards and manifest would be read as input; put them in another folder")
     return args
