@@ -686,18 +686,18 @@ def check_args(args):
     return args
 
 
-def check_local_dir(local_dir):
+def check_local_dir(local_dir, flag="--local-dir"):
     """Now, not at the first shard's write, after a download of ~28 GB and 100M tokens of work: can the shards go
-    in local_dir? (It is created only when the first shard is written.)"""
+    in local_dir? (It is created only when the first shard is written.) flag: its name on the command line."""
     if not local_dir:
-        raise FinewebError("--local-dir is empty (an unset variable?): name the folder for the shards")
+        raise FinewebError(f"{flag} is empty (an unset variable?): name the folder for the shards")
     existing = os.path.abspath(local_dir)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise FinewebError(f"--local-dir {local_dir}: {existing} is a file, not a folder")
+        raise FinewebError(f"{flag} {local_dir}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise FinewebError(f"--local-dir {local_dir}: this user may not write in {existing}")
+        raise FinewebError(f"{flag} {local_dir}: this user may not write in {existing}")
 
 
 def parse_shard_size(text):
@@ -781,6 +781,7 @@ def main(argv=None):
               file=sys.stderr)
         sys.exit(130)
     s = summary
+    s["open_seconds"] = opened.get("seconds", 0.0)
     shards = f"{s['shards']} shards ({min(s['shards'], 1)} val, {max(s['shards'] - 1, 0)} train"
     if s["new_tokens"] == 0:
         print(f"fineweb: nothing to do, {args.local_dir} already holds all {shards}): "
@@ -788,7 +789,7 @@ def main(argv=None):
     else:
         print(f"fineweb: {s['documents']:,} documents, {s['tokens']:,} tokens, {shards}"
               + (f", {s['reused_shards']} kept from an earlier run" if s["reused_shards"] else "")
-              + f") in {timing(s, opened.get('seconds', 0.0), args.streaming)} -> {args.local_dir}")
+              + f") in {timing(s, s['open_seconds'], args.streaming)} -> {args.local_dir}")
     if s["shards"] == 1:
         print("note: everything fit in the val shard; use a smaller --shard-size to get train shards")
     return summary

@@ -1,6 +1,7 @@
 """train_gpt2.py against faults (issue 7): SIGKILL at random moments, preemption by SIGTERM and SIGUSR1,
 damaged checkpoints, --keep-checkpoints and a full disk, each checked against an uninterrupted run of the
 same tiny float32 model on CPU, whose logged losses and final weights a faulted run must equal bit for bit."""
+import glob
 import json
 import os
 import random
@@ -11,13 +12,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
 import train_gpt2
 from gpt2_modules import load_checkpoint
 from test_train_gpt2 import (ROOT, SCRIPT, TIMEOUT, assert_one_error_line, data_root, env_for_runs,  # noqa: F401
-                             log_lines, logged, run_main_in_process, run_ok, run_script, tiny)
+                             log_lines, logged, run_main_in_process, run_ok, run_script, step_fields, tiny)
 
 # 16 steps: validation at 0, 5, 10 and 15 (20 micro-batches, ~0.5 s: long enough to be killed inside),
 # samples at 15 only, a checkpoint after every 2nd step of which the 2 newest are kept (the default)
@@ -241,29 +243,34 @@ def test_ctrl_c_before_the_first_step_has_ended_quits_at_once_and_saves_nothing(
     run_ok(tiny(data_root, tmp_path, "--max-steps", "2", "--device", "cpu"))  # the same folder starts a new run
 
 
-def test_a_step_that_fails_before_its_update_is_saved_and_the_resumed_run_matches(data_root, uninterrupted,
-                                                                                  tmp_path):
-    # a shard gone mid-run (an NFS hiccup, a cleanup job): the steps since the last checkpoint are not lost
-    _, uninterrupted_log_dir = uninterrupted
+def test_a_step_that_fails_before_its_update_is_saved_and_the_resumed_run_matches(data_root, tmp_path):
+    # a shard gone mid-run (an NFS hiccup, a cleanup job): the steps since the last checkpoint are not lost.
+    # Train shard 0 holds exactly 5 steps (10 windows of B*T = 128 tokens, +1), so step 5 is the first to read
+    # shard 1, which is moved away as soon as the loader has checked it: step 5 fails, whatever the timing
     data = tmp_path / "data"
-    shutil.copytree(data_root, data)
-    shard = data / "edufineweb_train_000000.npy"
+    data.mkdir()
+    shutil.copy(os.path.join(data_root, "edufineweb_val_000000.npy"), data)
+    tokens = np.concatenate([np.load(p) for p in sorted(glob.glob(os.path.join(data_root, "*_train_*.npy")))])
+    np.save(data / "edufineweb_train_000000.npy", tokens[:10 * 128 + 1])
+    np.save(data / "edufineweb_train_000001.npy", tokens[10 * 128 + 1:20_000])
+    uninterrupted = run_ok(tiny(str(data), tmp_path / "whole", *FAULTY))
+    shard = data / "edufineweb_train_000001.npy"
     log_dir = tmp_path / "log"
     args = tiny(str(data), log_dir, *FAULTY, "--checkpoint-interval", "1000", "--resume", "auto")
     run = Background(args, tmp_path / "failed.out")
-    run.wait_for_line(step_line(4), "step 4")
+    run.wait_for_line(r"^found 2 shards for split train$", "the train shards found")
     shard.rename(tmp_path / "away.npy")
     assert run.wait() == 1
-    out = run.output().splitlines()
-    failed = int(re.fullmatch(r"saved .*model_(\d+)\.pt: the state before the failed step \d+; fix the cause "
-                              r"below, then continue with --resume auto", out[-2])[1])
-    assert out[-1] == f"error: No such file or directory: {shard}"
-    assert 5 <= failed <= 16 and max(logged(log_dir, "train")) == failed - 1
-    assert [s for s, _ in train_gpt2.list_checkpoints(str(log_dir))] == [failed]
+    assert run.output().splitlines()[-2:] == [
+        f"saved {log_dir / 'model_00005.pt'}: the state before the failed step 5; fix the cause below, then "
+        "continue with --resume auto", f"error: No such file or directory: {shard}"]
+    assert max(logged(log_dir, "train")) == 4
+    assert [s for s, _ in train_gpt2.list_checkpoints(str(log_dir))] == [5]
     (tmp_path / "away.npy").rename(shard)
     result = run_ok(args)
-    assert f"resumed from {log_dir / f'model_{failed:05d}.pt'} at step {failed}" in result.stdout
-    assert_same_run(log_dir, uninterrupted_log_dir)
+    assert f"resumed from {log_dir / 'model_00005.pt'} at step 5" in result.stdout
+    assert step_fields(result.stdout) == {s: f for s, f in step_fields(uninterrupted.stdout).items() if s >= 5}
+    assert_same_run(log_dir, tmp_path / "whole")
 
 
 def test_a_diverged_run_saves_nothing_and_names_the_last_good_checkpoint(data_root, tmp_path, capsys):
@@ -274,6 +281,13 @@ def test_a_diverged_run_saves_nothing_and_names_the_last_good_checkpoint(data_ro
     assert re.fullmatch(r"error: the (loss|gradient norm) became (nan|inf) at step [2-5]; stopping without a "
                         rf"checkpoint \(the last good one is {tmp_path / 'model_00002.pt'}; try a lower --max-lr\)",
                         line), line
+    assert [s for s, _ in train_gpt2.list_checkpoints(str(tmp_path))] == [2]
+    # validated at every step, the weights' nans show first in the validation loss, before the step's update:
+    # the state "before the failed step" is then nans too, and must not be saved as one
+    line = assert_one_error_line(run_main_in_process([*args, "--resume", "auto", "--max-lr", "1e30",
+                                                      "--eval-interval", "1", "--val-steps", "1"], capsys))
+    assert re.fullmatch(r"error: the validation loss became nan at step [3-5]; stopping without a checkpoint "
+                        rf"\(the last good one is {tmp_path / 'model_00002.pt'}; try a lower --max-lr\)", line), line
     assert [s for s, _ in train_gpt2.list_checkpoints(str(tmp_path))] == [2]
     fresh = tiny(data_root, tmp_path / "fresh", "--max-steps", "6", "--eval-interval", "100", "--device", "cpu")
     line = assert_one_error_line(run_main_in_process([*fresh, "--max-lr", "1e30"], capsys))

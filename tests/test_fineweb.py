@@ -136,6 +136,8 @@ def test_the_printed_tokens_per_second_leaves_out_the_time_spent_opening_the_inp
     assert m, line
     total, opening, work = (float(g) for g in m.groups()[:3])
     assert abs(total - opening - work) <= 0.11 and total == round(summary["seconds"], 1)
+    assert 0 < summary["open_seconds"] < summary["seconds"]  # datasets opened the file in this time
+    assert m[4] == f"{summary['new_tokens'] / (summary['seconds'] - summary['open_seconds']):,.0f}"
     run_inprocess(files, tmp_path / "streamed", tmp_path, "--streaming")
     last = capsys.readouterr().out.splitlines()[-1]
     assert last.endswith(f"(streamed: the download included) -> {tmp_path / 'streamed'}"), last

@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from torch.nn import functional as F
 
 import hellaswag
 from gpt2_modules import GPT, GPTConfig
+from test_train_gpt2 import HEURISTIC_OVERCOMMIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_VAL = os.path.join(ROOT, "..", "shared", "data", "hellaswag_val.jsonl")
@@ -257,6 +259,22 @@ def test_the_benchmarks_refuse_bad_flags_in_one_line(tmp_path, script, args, exp
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode in (1, 2) and out.stderr.splitlines()[-1] == expected, out.stderr
     assert not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.skipif(not HEURISTIC_OVERCOMMIT, reason="needs vm.overcommit_memory = 0, which refuses the 400 GB at once")
+def test_out_of_memory_is_one_error_line_naming_the_batch_size(tmp_path):
+    # a 4M-token vocabulary (67 MB of weights): 300 examples at once need their ~24,000 ending tokens' logits,
+    # ~400 GB, which the allocator refuses
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=2**22, n_layer=1, n_head=1, n_embd=4))
+    torch.save({"model": model.state_dict(), "config": dataclasses.asdict(model.config)}, tmp_path / "m.pt")
+    cmd = [sys.executable, os.path.join(ROOT, "hellaswag.py"), "--model", str(tmp_path / "m.pt"), "--device", "cpu",
+           "--dtype", "float32", "--file", write_jsonl(tmp_path / "val.jsonl", written_examples(300)),
+           "--batch-size", "300"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert re.fullmatch(r"error: out of memory \(.*can't allocate memory.*\); a smaller --batch-size needs less\n",
+                        out.stderr), out.stderr
 
 
 def test_format_accuracy_is_the_lectures_line():
