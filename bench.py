@@ -482,9 +482,19 @@ def run_in_process(job, timeout, limit="--timeout"):
     if job["cold_compile"]:  # no inductor/triton cache from earlier configurations: honest first-step times
         tmp = tempfile.mkdtemp(prefix="bench_inductor_")
         env.update(TORCHINDUCTOR_CACHE_DIR=tmp, TRITON_CACHE_DIR=os.path.join(tmp, "triton"))
-    proc = subprocess.Popen([sys.executable, "-u", os.path.abspath(__file__), "--_worker", json.dumps(job)],
-                            cwd=ROOT, env=env, start_new_session=True)
+    # a Ctrl-C (or SIGTERM) inside Popen, after the fork, would leave a worker that nothing kills: hold the
+    # signal until proc is known, then deliver it where the finally below kills the worker
+    held = []
+    previous = {s: signal.signal(s, lambda signum, _: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        proc = subprocess.Popen([sys.executable, "-u", os.path.abspath(__file__), "--_worker", json.dumps(job)],
+                                cwd=ROOT, env=env, start_new_session=True)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    try:
+        if held:
+            signal.raise_signal(held[0])
         rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
