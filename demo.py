@@ -65,10 +65,14 @@ def bible_corpus(dest):
 
 def pydoc_corpus(dest):
     """CPython's own documentation topics, one per document: always there, even offline."""
+    if os.path.exists(dest):  # rewritten, it would be a newer file: fineweb.py would refuse its own shards of it
+        return dest
     from pydoc_data.topics import topics
-    with open(dest, "w") as f:
+    tmp = dest + ".tmp"
+    with open(tmp, "w") as f:
         for text in topics.values():
             f.write(json.dumps({"text": text}) + "\n")
+    os.replace(tmp, dest)
     return dest
 
 
@@ -81,8 +85,19 @@ def main(argv=None):
                         help=f"log.txt, the checkpoint and loss.png go here (default: {DEMO_LOG}, which each demo "
                              "run starts afresh; another folder must not hold another run's checkpoints)")
     args = parser.parse_args(argv)
-    if args.steps <= 0:  # checked here, before minutes of corpus and shards, and under the flag the user typed
+    # checked here, before minutes of corpus and shards, and under the flags the user typed (the scripts
+    # the demo runs would name their own flags)
+    if args.steps <= 0:
         sys.exit(f"error: --steps must be positive, got {args.steps}")
+    if not args.log_dir:
+        sys.exit("error: --log-dir is empty (an unset variable?): name a folder")
+    if os.path.abspath(args.log_dir) != os.path.abspath(DEMO_LOG) and train_gpt2.list_checkpoints(args.log_dir):
+        sys.exit(f"error: --log-dir {args.log_dir} holds another run's checkpoints: give the demo an empty folder "
+                 f"(its default, {DEMO_LOG}, starts afresh each time)")
+    try:
+        fineweb.check_local_dir(args.data_dir or "demo_data", flag="--data-dir")
+    except fineweb.FinewebError as e:
+        sys.exit(f"error: {e}")
     os.makedirs(CACHE, exist_ok=True)
 
     print("== 1/4 corpus and tokenizer", flush=True)

@@ -14,6 +14,7 @@ as the lecture's code for the same torch.manual_seed.
 import argparse
 import inspect
 import os
+import re
 import sys
 import zipfile
 from dataclasses import asdict, dataclass
@@ -262,6 +263,13 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a truncated zip, a pickle with foreign objects, a text file...
+        if (found := re.search(r"Unsupported global: GLOBAL (\S+)", str(e))) is not None:
+            # the lecture's train_gpt2.py saves its config as a GPTConfig object: pickled code, which
+            # weights_only=True refuses to run
+            raise ValueError(f"{path} holds a pickled Python object ({found[1]}; the lecture's train_gpt2.py "
+                             "saves its config as one), which a weights-only load refuses: in a Python session "
+                             "you trust, load it with weights_only=False and save its 'model' with 'config' as "
+                             "a dict (dataclasses.asdict)") from e
         raise ValueError(f"{path} is not a readable training checkpoint ({type(e).__name__}: "
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else 'unreadable'})") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
@@ -416,6 +424,8 @@ def check_sample_args(args):
                         ("--top-k", args.top_k)):
         if value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
+    if not -2**63 <= args.seed < 2**64:  # what torch.Generator.manual_seed takes
+        raise ValueError(f"--seed must fit in 64 bits, got {args.seed}")
     device = resolve_device(args.device)
     enc = get_encoding()
     # <|endoftext|> is the special token here, as in OpenAI's unconditional samples, not six ordinary tokens
@@ -462,6 +472,11 @@ def main(argv=None):
             print(f"sample {i}: {enc.decode([t for t in row if t < enc.n_vocab])}")
     except (ValueError, TokenizerUnavailable) as e:
         sys.exit(f"error: {e}")
+    except RuntimeError as e:
+        if not is_out_of_memory(e):
+            raise
+        sys.exit(f"error: out of memory ({str(e).strip().splitlines()[0]}); fewer --num-samples or a smaller "
+                 "--max-length need less")
 
 
 if __name__ == "__main__":

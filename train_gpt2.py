@@ -174,6 +174,9 @@ def check_args(args, world_size):
         raise ConfigError(f"need 0 <= --min-lr <= --max-lr and --max-lr > 0, got {args.min_lr} and {args.max_lr}")
     if not args.grad_clip > 0:  # 0 would zero every gradient, and a negative value flip them
         raise ConfigError(f"--grad-clip must be positive, got {args.grad_clip}")
+    for name in ("log_dir", "data_root"):
+        if not getattr(args, name):
+            raise ConfigError(f"--{name.replace('_', '-')} is empty (an unset variable?): name a folder")
     if not -2**63 <= args.seed < 2**64:  # what torch.manual_seed takes
         raise ConfigError(f"--seed must fit in 64 bits, got {args.seed}")
     if not args.weight_decay >= 0:

@@ -98,7 +98,8 @@ def test_demo_refuses_nonpositive_steps_before_building_anything(tmp_path):
 
 
 def test_demo_leaves_the_checkpoints_in_a_folder_of_the_users_alone(tmp_path):
-    # the demo starts afresh only in its own demo_log/; in another folder train_gpt2.py's refusal speaks
+    # the demo starts afresh only in its own demo_log/; another folder with checkpoints is refused at once, in
+    # the demo's own flags (train_gpt2.py's refusal, minutes later, named --resume, which the demo has not)
     log = tmp_path / "log"
     log.mkdir()
     for name in ("model_19073.pt", "model_19073.pt.json"):
@@ -106,11 +107,34 @@ def test_demo_leaves_the_checkpoints_in_a_folder_of_the_users_alone(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "demo.py"), "--corpus", "pydoc", "--steps", "1",
                           "--data-dir", str(tmp_path / "data"), "--log-dir", str(log)], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
-    assert out.returncode == 1
-    assert out.stderr.splitlines()[-1] == (f"error: {log}/ already holds a run's checkpoints (newest: model_19073.pt);"
-                                           " continue it with --resume auto, or start a new run in another --log-dir "
-                                           "(or move them away)")
+    assert (out.returncode, out.stdout) == (1, "")
+    assert out.stderr == (f"error: --log-dir {log} holds another run's checkpoints: give the demo an empty folder "
+                          "(its default, demo_log, starts afresh each time)\n")
     assert sorted(os.listdir(log)) == ["model_19073.pt", "model_19073.pt.json"]
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--data-dir", "a_file", "error: --data-dir {tmp}/a_file: {tmp}/a_file is a file, not a folder\n"),
+    ("--log-dir", "", "error: --log-dir is empty (an unset variable?): name a folder\n"),
+])
+def test_demo_names_its_own_flag_for_a_bad_folder_before_building_anything(tmp_path, flag, value, expected):
+    (tmp_path / "a_file").write_text("not a folder\n")
+    value = str(tmp_path / value) if value else value
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "demo.py"), "--steps", "1", flag, value],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stdout, out.stderr) == (1, "", expected.format(tmp=tmp_path))
+    assert os.listdir(tmp_path) == ["a_file"]  # no corpus cache, shards or log
+
+
+def test_the_pydoc_corpus_is_written_once_so_a_rerun_reuses_its_shards(tmp_path):
+    # rewritten on every run, its newer mtime made fineweb.py refuse the demo's own shards from the run before
+    import demo
+    path = str(tmp_path / "pydoc_topics.jsonl")
+    assert demo.pydoc_corpus(path) == path
+    os.utime(path, ns=(1, 1))
+    demo.pydoc_corpus(path)
+    assert os.stat(path).st_mtime_ns == 1 and len(open(path).read().splitlines()) > 50
 
 
 def test_plot_script_without_an_extension_prints_the_png_it_wrote(tmp_path):

@@ -2,6 +2,7 @@
 import dataclasses
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -470,9 +471,33 @@ def tiny_checkpoint(tmp_path_factory):
                             "so it must be more than 8"),
     (["--max-length", "8"], "error: --max-length 8 leaves nothing to sample: it counts the prompt's 8 tokens, "
                             "so it must be more than 8"),
+    (["--seed", str(2**64)], "error: --seed must fit in 64 bits, got 18446744073709551616"),
 ])
 def test_cli_sample_refuses_bad_flags_in_one_line(tiny_checkpoint, flags, expected):
     assert run_main_in_process("sample", "--model", tiny_checkpoint[1], *flags) == expected
+
+
+@pytest.mark.skipif(not HEURISTIC_OVERCOMMIT, reason="needs vm.overcommit_memory = 0, which refuses 80 GB at once")
+def test_cli_sample_out_of_memory_is_one_error_line(tiny_checkpoint):
+    # 100,000 rows of 50,304 logits each: the allocator refuses the ~80 GB of float32 at once
+    line = run_main_in_process("sample", "--model", tiny_checkpoint[1], "--num-samples", "100000", "--max-length", "12")
+    assert re.fullmatch(r"error: out of memory \(.*can't allocate memory.*\); fewer --num-samples or a smaller "
+                        r"--max-length need less", line), line
+
+
+def test_a_checkpoint_of_the_lectures_code_is_refused_with_what_it_holds_and_how_to_convert_it(tmp_path):
+    # the lecture's train_gpt2.py saves {'model': ..., 'config': raw_model.config, ...}: a pickled dataclass
+    path = tmp_path / "model_19072.pt"
+    script = ("import dataclasses, sys, torch\n"
+              "@dataclasses.dataclass\nclass GPTConfig:\n    block_size: int = 1024\n    vocab_size: int = 50257\n"
+              "torch.save({'model': {}, 'config': GPTConfig(), 'step': 19072, 'val_loss': 3.07}, sys.argv[1])\n")
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+    with pytest.raises(ValueError) as e:
+        load_checkpoint(str(path))
+    assert str(e.value) == (f"{path} holds a pickled Python object (__main__.GPTConfig; the lecture's train_gpt2.py "
+                            "saves its config as one), which a weights-only load refuses: in a Python session you "
+                            "trust, load it with weights_only=False and save its 'model' with 'config' as a dict "
+                            "(dataclasses.asdict)")
 
 
 def test_cli_sample_with_max_length_one_past_the_prompt_samples_one_token(tiny_checkpoint, capsys, enc):

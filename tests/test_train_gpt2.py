@@ -560,6 +560,8 @@ def run_main_in_process(argv, capsys):
     (["--grad-clip", "-1"], r"--grad-clip must be positive, got -1.0"),
     (["--weight-decay", "-5"], r"--weight-decay must be 0 or more, got -5.0"),
     (["--seed", str(2**64)], r"--seed must fit in 64 bits, got 18446744073709551616$"),
+    (["--log-dir", ""], r"^error: --log-dir is empty \(an unset variable\?\): name a folder$"),
+    (["--data-root", ""], r"^error: --data-root is empty \(an unset variable\?\): name a folder$"),
     # 4M wide: an 800 GB token embedding, which Linux's default overcommit heuristic refuses at once
     pytest.param(["--n-embd", "4000000", "--n-head", "1"], r"out of memory \(.*can't allocate memory.*\); a "
                  r"smaller --batch-size needs less, and gradient accumulation keeps",
