@@ -350,6 +350,12 @@ def resolve_device(name="auto"):
     return name
 
 
+def check_seed(seed):
+    """--seed as torch takes it (manual_seed, Generator.manual_seed), or a ValueError naming the flag."""
+    if not -2**63 <= seed < 2**64:
+        raise ValueError(f"--seed must fit in 64 bits, got {seed}")
+
+
 def is_out_of_memory(e):
     # CUDA raises torch.OutOfMemoryError; the CPU allocator a plain RuntimeError that says so
     return isinstance(e, torch.OutOfMemoryError) or (
@@ -424,8 +430,7 @@ def check_sample_args(args):
                         ("--top-k", args.top_k)):
         if value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
-    if not -2**63 <= args.seed < 2**64:  # what torch.Generator.manual_seed takes
-        raise ValueError(f"--seed must fit in 64 bits, got {args.seed}")
+    check_seed(args.seed)
     device = resolve_device(args.device)
     enc = get_encoding()
     # <|endoftext|> is the special token here, as in OpenAI's unconditional samples, not six ordinary tokens

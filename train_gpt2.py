@@ -38,8 +38,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dataloaderlite import DataLoaderLite
 from fineweb import fsync_dir
-from gpt2_modules import (AUTOCAST, GPT, MODEL_SIZES, GPTConfig, default_dtype, generate, is_out_of_memory,
-                          load_checkpoint, resolve_device)
+from gpt2_modules import (AUTOCAST, GPT, MODEL_SIZES, GPTConfig, check_seed, default_dtype, generate,
+                          is_out_of_memory, load_checkpoint, resolve_device)
 from gpt2_tokenizer import TokenizerUnavailable, get_encoding
 
 # -----------------------------------------------------------------------------
@@ -177,8 +177,7 @@ def check_args(args, world_size):
     for name in ("log_dir", "data_root"):
         if not getattr(args, name):
             raise ConfigError(f"--{name.replace('_', '-')} is empty (an unset variable?): name a folder")
-    if not -2**63 <= args.seed < 2**64:  # what torch.manual_seed takes
-        raise ConfigError(f"--seed must fit in 64 bits, got {args.seed}")
+    check_seed(args.seed)
     if not args.weight_decay >= 0:
         raise ConfigError(f"--weight-decay must be 0 or more, got {args.weight_decay}")
     span = args.batch_size * args.seq_len * world_size
