@@ -738,9 +738,9 @@ def source_config(args):
     return dict(dataset=args.dataset, remote_name=args.remote_name, text_column=args.text_column, files=None)
 
 
-def timing(summary, open_seconds, streaming):
+def timing(summary, streaming):
     """The run's time, split so that the tokens/s printed is the tokenizer's and not the network's."""
-    s, new = summary["seconds"], summary["new_tokens"]
+    s, new, open_seconds = summary["seconds"], summary["new_tokens"], summary["open_seconds"]
     if streaming:  # the download is interleaved with the tokenizing: one figure for both, and it says so
         return f"{s:.1f} s, {new / max(s, 1e-9):,.0f} tokens/s (streamed: the download included)"
     work = max(s - open_seconds, 1e-9)
@@ -789,7 +789,7 @@ def main(argv=None):
     else:
         print(f"fineweb: {s['documents']:,} documents, {s['tokens']:,} tokens, {shards}"
               + (f", {s['reused_shards']} kept from an earlier run" if s["reused_shards"] else "")
-              + f") in {timing(s, s['open_seconds'], args.streaming)} -> {args.local_dir}")
+              + f") in {timing(s, args.streaming)} -> {args.local_dir}")
     if s["shards"] == 1:
         print("note: everything fit in the val shard; use a smaller --shard-size to get train shards")
     return summary

@@ -122,10 +122,10 @@ def test_streaming_writes_the_same_bytes_as_a_materialised_dataset(tmp_path, ref
 
 def test_the_printed_tokens_per_second_leaves_out_the_time_spent_opening_the_input(tmp_path, reference, capsys):
     # on the real run the opening is the download of 27 GB: a rate over the whole time would be the network's
-    assert fineweb.timing(dict(seconds=10.0, new_tokens=1000), 6.0, streaming=False) == (
+    assert fineweb.timing(dict(seconds=10.0, new_tokens=1000, open_seconds=6.0), streaming=False) == (
         "10.0 s: 6.0 s opening the input (any download and Arrow conversion), then 4.0 s tokenizing and writing "
         "at 250 tokens/s")
-    assert fineweb.timing(dict(seconds=10.0, new_tokens=1000), 0.1, streaming=True) == (
+    assert fineweb.timing(dict(seconds=10.0, new_tokens=1000, open_seconds=0.1), streaming=True) == (
         "10.0 s, 100 tokens/s (streamed: the download included)")
     files, _, _ = reference
     capsys.readouterr()
