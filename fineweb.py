@@ -443,12 +443,11 @@ def file_record(path):
 
 def open_dataset(datasets, dataset, remote_name, files, streaming, cache_dir, num_proc):
     """The input as datasets opens it: --files, a folder from save_to_disk, a folder of data files or a hub id."""
+    # datasets' json builder logs "Failed to load JSON from file ..." before ours, which names the file and line
+    # (explain_read_error), for --files and for a folder of .jsonl alike; the error itself is raised all the same
+    logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
     if files:
         paths, builder = resolve_files(files)
-        if builder == "json":
-            # its "Failed to load JSON from file ..." line would come before ours, which names the file and line
-            # (explain_read_error); the error itself is raised all the same
-            logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
         kwargs = dict(sample_by="document") if builder == "text" else {}  # .txt: a file is a document
         if builder == "parquet":  # else datasets takes its batch size from row group 0: 0 in an empty file
             kwargs = dict(batch_size=READ_BATCH)

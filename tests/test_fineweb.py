@@ -522,6 +522,12 @@ def test_a_broken_json_file_among_several_is_named_in_the_only_error_line(tmp_pa
     # the only line: datasets' own "Failed to load JSON from file ..." line is silenced
     assert r.stderr == f"error: {bad} line 2 is not valid JSON (Expecting ',' delimiter at column 28); fix it or " \
                        "leave the file out\n"
+    # likewise in a --dataset folder of .jsonl files, which datasets reads with the same json builder
+    if not streaming:
+        r = run_cli(["--dataset", str(tmp_path / "in"), "--local-dir", "out2"], tmp_path)
+        assert_clean_failure(r, str(tmp_path / "out2"))
+        assert r.stderr == f"error: {bad} line 2 is not valid JSON (Expecting ',' delimiter at column 28); " \
+                           "fix it or leave the file out\n"
 
 
 def test_a_json_file_of_one_document_is_read_and_named_with_its_line_when_broken(tmp_path, capsys):
