@@ -20,6 +20,7 @@ import argparse
 import codecs
 import contextlib
 import glob
+import gzip
 import json
 import logging
 import multiprocessing as mp
@@ -27,6 +28,7 @@ import os
 import signal
 import sys
 import time
+import zlib
 from collections import deque
 
 import numpy as np
@@ -41,6 +43,7 @@ TASK_CHARS = 1 << 20       # ~1 MB of text per worker task: a few hundred web do
 TASK_DOCS = 4096           # ...or this many documents, so that tiny documents still make tasks of bounded size
 READ_BATCH = 1024          # rows per Arrow batch read from the dataset
 FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+GZIPPED = {".txt", ".json", ".jsonl"}  # docs.jsonl.gz: datasets decompresses these as it reads (parquet compresses inside)
 
 
 def available_cpus():
@@ -400,6 +403,24 @@ def _skip(documents, n):
 # -----------------------------------------------------------------------------
 # reading the input with HF datasets
 
+def file_kind(path):
+    """The extension that says how path is read: '.jsonl' for docs.jsonl and docs.jsonl.gz; '' for an
+    unknown kind (a gzipped parquet, say)."""
+    stem, ext = os.path.splitext(path.lower())
+    if ext == ".gz":
+        ext = os.path.splitext(stem)[1]
+        return ext if ext in GZIPPED else ""
+    return ext
+
+
+def open_input(path, mode="rb", **kwargs):
+    """An input file for our own checks (explain_read_error), decompressed as datasets reads it."""
+    return (gzip.open if path.lower().endswith(".gz") else open)(path, mode, **kwargs)
+
+
+GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)  # not gzip at all; cut short; corrupt inside
+
+
 def resolve_files(patterns):
     """Expands globs (sorted, so that the order of documents does not depend on the file system)."""
     files = []
@@ -412,11 +433,12 @@ def resolve_files(patterns):
         if not matches or not os.path.exists(matches[0]):
             raise FinewebError(f"--files: no file matches {pattern}")
         files += [os.path.abspath(m) for m in matches]
-    kinds = {FILE_BUILDERS.get(os.path.splitext(f)[1].lower()) for f in files}
+    kinds = {FILE_BUILDERS.get(file_kind(f)) for f in files}
     if None in kinds:
-        odd = next(f for f in files if FILE_BUILDERS.get(os.path.splitext(f)[1].lower()) is None)
+        odd = next(f for f in files if FILE_BUILDERS.get(file_kind(f)) is None)
         raise FinewebError(f"--files: cannot read {odd}: give .txt (one document per file), "
-                           ".jsonl/.json (one document per record) or .parquet files")
+                           ".jsonl/.json (one document per record), either of them gzipped (.gz), "
+                           "or .parquet files")
     if len(kinds) > 1:
         raise FinewebError(f"--files mixes {' and '.join(sorted(kinds))} files; tokenize one kind per run "
                            "(or convert them to one)")
@@ -465,7 +487,7 @@ def open_dataset(datasets, dataset, remote_name, files, streaming, cache_dir, nu
             ds = ds.to_iterable_dataset()
     elif os.path.isdir(dataset):  # a local folder of data files
         # the data files that datasets would read: .txt ones alone make it use its text builder
-        kinds = {os.path.splitext(f)[1].lower() for f in folder_files(dataset)} & DATA_EXTENSIONS
+        kinds = {file_kind(f) for f in folder_files(dataset)} & DATA_EXTENSIONS
         kwargs = dict(sample_by="document") if kinds == {".txt"} else {}  # as with --files: a .txt file is a document
         ds = datasets.load_dataset(dataset, name=remote_name, split="train", streaming=streaming,
                                    cache_dir=cache_dir, **kwargs)
@@ -489,7 +511,7 @@ def load_documents(dataset, remote_name, files, text_column, streaming, cache_di
             raise
         except StopIteration:  # datasets' json builder on a file without records
             raise FinewebError("the input has no documents")
-        except (datasets.exceptions.DatasetGenerationError, UnicodeDecodeError) as e:
+        except (datasets.exceptions.DatasetGenerationError, UnicodeDecodeError, *GZIP_ERRORS) as e:
             raise explain_read_error(e, input_files(dataset, files))
         except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:  # ConnectionError, HTTP errors, names
             what = (", ".join(files) if files else
@@ -522,7 +544,7 @@ def iter_texts(ds, text_column, paths=(), start=0):
                                    "choose one with --text-column")
             yield from batch[text_column]
     # pyarrow's ArrowInvalid is a ValueError: a broken json/parquet file
-    except (UnicodeDecodeError, datasets.exceptions.DatasetGenerationError, OSError, ValueError) as e:
+    except (UnicodeDecodeError, datasets.exceptions.DatasetGenerationError, OSError, ValueError, *GZIP_ERRORS) as e:
         raise explain_read_error(e, paths)
 
 
@@ -549,27 +571,32 @@ def input_files(dataset, files):
         return resolve_files(files)[0]
     if dataset and os.path.isdir(dataset):
         found = glob.glob(os.path.join(glob.escape(dataset), "**", "*"), recursive=True)
-        return sorted(os.path.abspath(f) for f in found if os.path.splitext(f)[1].lower() in FILE_BUILDERS)
+        return sorted(os.path.abspath(f) for f in found if file_kind(f) in FILE_BUILDERS)
     return []
 
 
 def explain_read_error(e, paths):
     """One line for a failure to read the input, naming the file that is not UTF-8 or not JSON: datasets'
     exceptions do not say which file it was (and pyarrow's "in row N" counts rows of a block, not lines)."""
-    cause = e if isinstance(e, UnicodeDecodeError) else (e.__cause__ or e)
+    cause = e if isinstance(e, (UnicodeDecodeError, *GZIP_ERRORS)) else (e.__cause__ or e)
+    if isinstance(cause, GZIP_ERRORS):
+        for path in paths:
+            if path.lower().endswith(".gz") and (bad := gzip_problem(path)):
+                return FinewebError(f"{path} is not a whole gzip file ({bad}); compress it again or leave it out")
     if isinstance(cause, UnicodeDecodeError) or "utf-8" in str(cause).lower():  # ujson: "Invalid octet in UTF-8"
         for path in paths:
-            if FILE_BUILDERS[os.path.splitext(path)[1].lower()] == "parquet":
+            if FILE_BUILDERS[file_kind(path)] == "parquet":
                 continue  # binary: its strings are checked by pyarrow, which names no file either
             bad = first_non_utf8(path)
             if bad:
-                return FinewebError(f"{path} is not UTF-8 text (byte 0x{bad[1]:02x} at offset {bad[0]}); "
+                where = " of its decompressed text" if path.lower().endswith(".gz") else ""
+                return FinewebError(f"{path} is not UTF-8 text (byte 0x{bad[1]:02x} at offset {bad[0]}{where}); "
                                     "re-encode it or leave it out")
         if isinstance(cause, UnicodeDecodeError):
             return FinewebError(f"the input is not UTF-8 text ({cause.reason} at offset {cause.start})")
     # pyarrow's "JSON parse error: ..." and ujson's messages differ by the file's layout: parse the files ourselves
     for path in paths:
-        if FILE_BUILDERS[os.path.splitext(path)[1].lower()] == "json" and (bad := first_bad_json(path)):
+        if FILE_BUILDERS[file_kind(path)] == "json" and (bad := first_bad_json(path)):
             line, column, reason = bad
             return FinewebError(f"{path} line {line} is not valid JSON ({reason.removesuffix(' at')} at column "
                                 f"{column}); fix it or leave the file out")
@@ -582,7 +609,7 @@ def first_bad_json(path):
     read as one, and its own error, if any, is reported."""
     first = None
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_input(path, "rt", encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -595,7 +622,7 @@ def first_bad_json(path):
                     break
             else:
                 return None
-        with open(path, encoding="utf-8") as f:
+        with open_input(path, "rt", encoding="utf-8") as f:
             json.load(f)
     except json.JSONDecodeError as e:
         return e.lineno, e.colno, e.msg
@@ -604,12 +631,23 @@ def first_bad_json(path):
     return None
 
 
+def gzip_problem(path):
+    """Why path does not decompress to its end (one line), or None: read through, as only that finds a file cut short."""
+    try:
+        with gzip.open(path) as f:
+            while f.read(1 << 20):
+                pass
+    except (*GZIP_ERRORS, OSError) as e:
+        return _one_line(e)
+    return None
+
+
 def first_non_utf8(path, chunk=1 << 20):
     """(offset, byte) of the first byte of path that is not UTF-8, or None; reads a chunk at a time, as
     a corpus file can be larger than memory."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0
-    with open(path, "rb") as f:
+    with open_input(path) as f:
         while True:
             data = f.read(chunk)
             held = len(decoder.getstate()[0])  # the start of a character cut by the previous chunk
@@ -641,8 +679,8 @@ def parse_args(argv=None):
                           f"(default: {DEFAULT_REMOTE_NAME} for {DEFAULT_DATASET}, none for other datasets)")
     src.add_argument("--files", nargs="+", metavar="PATH",
                      help="local files or globs instead of --dataset: .txt (one document per file, UTF-8, "
-                          "line ends read as \\n), .jsonl/.json (one document per record) or .parquet; read in "
-                          "the order given, each glob sorted")
+                          "line ends read as \\n), .jsonl/.json (one document per record), either gzipped (.gz), "
+                          "or .parquet; read in the order given, each glob sorted")
     src.add_argument("--text-column", default="text", help="the column that holds the documents (default: %(default)s)")
     src.add_argument("--streaming", action="store_true",
                      help="read the dataset as it downloads instead of first converting all of it into the "

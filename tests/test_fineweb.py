@@ -1,5 +1,6 @@
 """fineweb.py: local files -> shards, atomic and resumable, with clear errors. Real datasets, tiktoken and files."""
 import glob
+import gzip
 import json
 import multiprocessing
 import os
@@ -173,6 +174,56 @@ def test_a_dataset_folder_of_txt_files_reads_each_file_as_one_document_as_files_
     fineweb.main(["--dataset", str(tmp_path / "folder"), "--local-dir", str(tmp_path / "out"),
                   "--shard-size", str(SHARD), "--cache-dir", str(tmp_path / "hf"), "--quiet"])
     np.testing.assert_array_equal(read_shards(tmp_path / "out"), expected_stream(enc))
+
+
+def gzip_files(folder):
+    """Compresses every file in folder in place (docs.jsonl -> docs.jsonl.gz), as corpora are often shipped."""
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        with open(path, "rb") as f, gzip.open(path + ".gz", "wb") as g:
+            g.write(f.read())
+        os.remove(path)
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl"])
+def test_gzipped_files_and_folders_give_the_same_tokens_as_plain_ones(tmp_path, enc, kind):
+    files = write_input(tmp_path / "in", kind)
+    gzip_files(tmp_path / "in")
+    run_inprocess([f + ".gz" for f in files], tmp_path / "out", tmp_path)
+    np.testing.assert_array_equal(read_shards(tmp_path / "out"), expected_stream(enc))
+    # a folder of .txt.gz files: still one document per file (datasets' default would be one per line)
+    fineweb.main(["--dataset", str(tmp_path / "in"), "--local-dir", str(tmp_path / "folder"), "--shard-size",
+                  str(SHARD), "--cache-dir", str(tmp_path / "hf"), "--quiet"])
+    np.testing.assert_array_equal(read_shards(tmp_path / "folder"), expected_stream(enc))
+
+
+def test_a_broken_gzip_file_among_several_is_named_in_the_only_error_line(tmp_path, capsys):
+    files = write_input(tmp_path / "in", "txt", docs=DOCS[:3])
+    gzip_files(tmp_path / "in")
+    whole = gzip.compress("\n".join(DOCS).encode())
+    cases = {"cut.txt.gz": (whole[:len(whole) // 2], "Compressed file ended before the end-of-stream marker"),
+             "plain.txt.gz": (b"never compressed\n", "Not a gzipped file"),
+             "crc.txt.gz": (whole[:-8] + bytes(8), "CRC check failed")}
+    for name, (data, reason) in cases.items():
+        bad = tmp_path / "in" / name
+        bad.write_bytes(data)
+        for streaming in ([], ["--streaming"]):
+            err = fail_inprocess(["--files", files[0] + ".gz", str(bad), "--local-dir", str(tmp_path / "out"),
+                                  "--cache-dir", str(tmp_path / f"hf_{name}"), *streaming], capsys)
+            line = assert_clean_failure(err, str(tmp_path / "out"), f"error: {bad} is not a whole gzip file", reason)
+            assert line.endswith("compress it again or leave it out"), line
+        bad.unlink()
+    # a JSON or UTF-8 error inside a gzipped file is named with its line or offset as in a plain one
+    (tmp_path / "in" / "docs.jsonl.gz").write_bytes(gzip.compress(b'{"text": "fine"}\n{"text": "caf\xe9"}\n'))
+    err = fail_inprocess(["--files", str(tmp_path / "in" / "docs.jsonl.gz"), "--local-dir", str(tmp_path / "out"),
+                          "--cache-dir", str(tmp_path / "hf_json")], capsys)
+    assert_clean_failure(err, str(tmp_path / "out"), "docs.jsonl.gz is not UTF-8 text (byte 0xe9 at offset 30 of "
+                                                     "its decompressed text)")
+    # parquet compresses inside: a gzipped one is not a kind datasets reads
+    (tmp_path / "in" / "docs.parquet.gz").write_bytes(whole)
+    err = fail_inprocess(["--files", str(tmp_path / "in" / "docs.parquet.gz"), "--local-dir", str(tmp_path / "out")],
+                         capsys)
+    assert_clean_failure(err, str(tmp_path / "out"), "cannot read", "either of them gzipped (.gz)")
 
 
 def test_a_rerun_after_a_file_of_a_dataset_folder_changed_refuses_and_names_the_file(tmp_path, capsys):
