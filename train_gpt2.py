@@ -73,14 +73,16 @@ class RunLog:
 
     def __init__(self, path, resume_step=0):
         self.path = path
-        # a resumed run rewrites what happened after its checkpoint, so drop those lines first (and a
-        # line cut short by a full disk); the rewrite is atomic, as a kill here must not lose the log
+        # a resumed run rewrites what happened after its checkpoint, so drop those lines first, and a last
+        # line cut short (a full disk, a kill); other lines, a note added by hand say, stay as they were
+        # (bytes: a byte edited in by hand must not block the resume). The rewrite is atomic, as a kill
+        # here must not lose the log.
         kept = []
         if resume_step > 0 and os.path.exists(path):
-            with open(path, errors="replace") as f:  # a byte edited in by hand must not block the resume
-                kept = [line for line in f
-                        if (m := re.fullmatch(r"(\d+) \w+ \S+\n", line)) and int(m[1]) < resume_step]
-        with open(path + ".tmp", "w") as f:
+            with open(path, "rb") as f:
+                kept = [line for line in f if line.endswith(b"\n") and not (
+                    (m := re.fullmatch(rb"(\d+) \w+ \S+\n", line)) and int(m[1]) >= resume_step)]
+        with open(path + ".tmp", "wb") as f:
             f.writelines(kept)
         os.replace(path + ".tmp", path)
 

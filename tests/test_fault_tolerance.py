@@ -532,12 +532,15 @@ def test_log_txt_rewrite_drops_a_line_cut_short(tmp_path):
     assert path.read_text() == "0 val 10.9000\n0 train 10.912345\n1 train 10.8\n"
 
 
-def test_log_txt_rewrite_drops_the_resumed_step_and_later_and_reads_past_a_stray_byte(tmp_path):
-    # the checkpoint after 2 steps resumes at step 2: its lines come again from the resumed run
+def test_log_txt_rewrite_drops_the_resumed_step_and_later_and_keeps_notes_and_stray_bytes(tmp_path):
+    # the checkpoint after 2 steps resumes at step 2: its lines come again from the resumed run; lines that are
+    # not log lines (a note, a line edited by hand, a byte that is not UTF-8) stay, byte for byte
     path = tmp_path / "log.txt"
-    path.write_bytes(b"0 train 10.9\n1 train 10.8 \xff edited\n1 train 10.8\n2 val 10.7000\n2 train 10.7\n3 train 1\n")
+    path.write_bytes(b"0 train 10.9\n# lr too high? \xff\n1 train 10.8 edited\n1 train 10.8\n2 val 10.7000\n"
+                     b"restarted on node 3\n2 train 10.7\n12 train 1\n3 train 1\n")
     train_gpt2.RunLog(str(path), resume_step=2)
-    assert path.read_text() == "0 train 10.9\n1 train 10.8\n"
+    assert path.read_bytes() == (b"0 train 10.9\n# lr too high? \xff\n1 train 10.8 edited\n1 train 10.8\n"
+                                 b"restarted on node 3\n")
 
 
 def test_a_full_disk_while_appending_to_log_txt_names_the_file(tmp_path):
