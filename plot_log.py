@@ -23,13 +23,17 @@ REFERENCES = {
 def read_log(path):
     """{"train": ([steps], [values]), "val": ..., "hella": ...} from `{step} {kind} {value}` lines."""
     streams = defaultdict(dict)
-    with open(path, "rb") as f:  # bytes, decoded line by line, so that a non-UTF-8 byte is reported with its line
+    # bytes, split line by line: other lines (a note added by hand, which a resume keeps) are skipped whatever
+    # they hold, and a log line with a byte that is not UTF-8 is reported with its line number
+    with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
-            try:
-                parts = raw.decode("utf-8").split()
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{lineno} is not UTF-8 text ({e.reason}): is it a train_gpt2.py log?") from e
+            parts = raw.split()
             if len(parts) == 3 and parts[0].isdigit():
+                try:
+                    parts = [p.decode("utf-8") for p in parts]
+                except UnicodeDecodeError as e:
+                    why = f"is not UTF-8 text ({e.reason}): is it a train_gpt2.py log?"
+                    raise ValueError(f"{path}:{lineno} {why}") from e
                 try:
                     streams[parts[1]][int(parts[0])] = float(parts[2])  # a resumed run's repeat wins
                 except ValueError:

@@ -157,6 +157,16 @@ def test_plot_script_into_a_folder_writes_loss_png_there(tmp_path, form):
     assert out.stdout == f"wrote {folder / 'loss.png'}\n" and os.listdir(folder) == ["loss.png"]
 
 
+def test_notes_added_to_a_log_by_hand_are_skipped_whatever_bytes_they_hold(tmp_path):
+    # a resume keeps them (train_gpt2.RunLog), so the plot must read past them
+    import plot_log
+    plain, noted = tmp_path / "plain.txt", tmp_path / "noted.txt"
+    plain.write_bytes(b"0 val 10.9000\n0 train 10.9\n1 train 10.8\n")
+    noted.write_bytes(b"0 val 10.9000\n# lr 6e-4, caf\xe9 wifi\n0 train 10.9\nresumed on node 2 here\n1 train 10.8\n")
+    assert plot_log.read_log(str(noted)) == plot_log.read_log(str(plain)) == {
+        "val": ([0], [10.9]), "train": ([0, 1], [10.9, 10.8])}
+
+
 @pytest.mark.parametrize("content, problem", [
     (b"0 train 10.9\n1 train 10.\xff\n", "2 is not UTF-8 text (invalid start byte): is it a train_gpt2.py log?"),
     (b"0 train 10.9\n1 train ten\n", "2: 'ten' is not a number"),
