@@ -321,8 +321,9 @@ def write_profile(job, train_step, first_step, device, log):
     log(f"wrote the ops that took the most {sort} to {summary}")
 
 
-def run_config(job, log):
-    """Build, warm up and time one configuration; returns the measurements as a dict."""
+def run_config(job, log, measured=lambda result: None):
+    """Build, warm up and time one configuration; returns the measurements as a dict. measured(result) gets
+    them once timed, before the profile: a profile that hangs or runs past the time limit keeps the timing."""
     s = Settings(**job["settings"])
     device = torch.device(job["device"])
     if s.threads:
@@ -425,21 +426,22 @@ def run_config(job, log):
         if events:
             times = [events[k].elapsed_time(events[k + 1]) / 1000 for k in range(i + 1)]
         result["loss_last"] = loss.item()
+        tokens = B * T * grad_accum
+        result.update(step_s=times, steps_timed=len(times), step_s_median=statistics.median(times),
+                      tok_per_s=tokens / statistics.median(times), tok_per_s_window=tokens * len(times) / window,
+                      peak_mem_gb=(torch.cuda.max_memory_allocated() if device.type == "cuda" else
+                                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 1e9,
+                      peak_mem_kind=("torch.cuda.max_memory_allocated" if device.type == "cuda" else
+                                     "peak RSS of the process"),
+                      threads=torch.get_num_threads())
 
         if job.get("profile"):
+            measured(dict(result, profile_error="the profile did not finish (killed at the time limit)"))
             try:
                 write_profile(job, train_step, job["warmup"] + len(times), device, log)
             except Exception as e:  # the timing above stands: a profiler that fails here must not lose it
                 result["profile_error"] = f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0]
                 log(f"the profile failed ({result['profile_error']}); the timing is kept")
-
-    tokens = B * T * grad_accum
-    result.update(step_s=times, steps_timed=len(times), step_s_median=statistics.median(times),
-                  tok_per_s=tokens / statistics.median(times), tok_per_s_window=tokens * len(times) / window,
-                  peak_mem_gb=(torch.cuda.max_memory_allocated() if device.type == "cuda" else
-                               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 1e9,
-                  peak_mem_kind="torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS of the process",
-                  threads=torch.get_num_threads())
     return result
 
 
@@ -449,8 +451,13 @@ def worker_main(job_json):
     device = torch.device(job["device"])
     out = dict(device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
                torch=torch.__version__, cuda=torch.version.cuda)
+    def write(result):
+        with open(job["result_path"], "w") as f:
+            json.dump(result, f)
+
     try:
-        out.update(run_config(job, log), status="ok")
+        out.update(run_config(job, log, measured=lambda result: write(dict(out, **result, status="ok"))),
+                   status="ok")
     except torch.cuda.OutOfMemoryError as e:
         out.update(status="OOM", error=str(e).strip().splitlines()[0])
     except Exception as e:  # any failure of one configuration is reported, and the run goes on
@@ -458,8 +465,7 @@ def worker_main(job_json):
         out.update(status="error", error=f"{type(e).__name__}: {first}"[:500])
     if out["status"] != "ok":
         log(f"{out['status']}: {out['error']}")
-    with open(job["result_path"], "w") as f:
-        json.dump(out, f)
+    write(out)
 
 
 # -----------------------------------------------------------------------------
@@ -499,7 +505,11 @@ def run_in_process(job, timeout, limit="--timeout"):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        return dict(status="timeout", error=f"killed after {round(timeout, 1):g} s ({limit})")
+        try:  # killed while profiling: the timing it wrote before the profile stands
+            with open(job["result_path"]) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return dict(status="timeout", error=f"killed after {round(timeout, 1):g} s ({limit})")
     finally:  # this run interrupted or terminated: the worker, in its own session, must not outlive it
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -758,7 +768,8 @@ def summarise(name, runs, args, device_type):
                tok_per_s_rounds=[r["tok_per_s"] for r in ok], tok_per_s_window_rounds=[r["tok_per_s_window"] for r in ok],
                steps_timed=len(steps), step_s=steps, peak_mem_gb=max(r["peak_mem_gb"] for r in ok),
                load_avg_1min=[r["load_avg_1min"] for r in ok],
-               failed_rounds=[r.get("error") for r in runs if r["status"] != "ok"] or None)
+               failed_rounds=[r.get("error") for r in runs if r["status"] != "ok"] or None,
+               profile_error=next((r["profile_error"] for r in ok if r.get("profile_error")), None))
     peak = args.peak_tflops or (peak_tflops(first["device_name"]) if device_type == "cuda" else None)
     row.update(peak_tflops=peak, mfu=first["flops_per_token"] * row["tok_per_s"] / (peak * 1e12) if peak else None)
     return row

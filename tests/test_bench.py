@@ -240,6 +240,19 @@ def test_profile_writes_a_chrome_trace_and_a_table_of_where_the_step_went(tmp_pa
     assert f"wrote the ops that took the most self_cpu_time_total to {tmp_path}/trace.fp32.txt" in r.stdout
 
 
+def test_a_profile_cut_off_by_the_timeout_keeps_the_timing_measured_before_it(tmp_path):
+    # the worker writes its timing before profiling: a profile past --timeout (a slow trace export, the last
+    # configuration of a GPU run with what is left of --time-budget) used to lose a finished measurement
+    results = tmp_path / "results.jsonl"
+    r = run_bench("--profile", str(tmp_path / "trace.json"), "--profile-steps", "1000000", "--timeout", "20", "--configs", "baseline",
+                  "--results", str(results))
+    assert r.returncode == 0, r.stderr
+    line = json.loads(results.read_text())
+    assert line["status"] == "ok" and line["tok_per_s"] > 0 and line["steps_timed"] == 2
+    assert line["profile_error"] == "the profile did not finish (killed at the time limit)"
+    assert table_rows(r.stdout)["baseline"][-1] == "ok" and not (tmp_path / "trace.txt").exists()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("config", ["reduce-overhead", "max-autotune"])
 def test_cuda_graph_modes_run_with_gradient_accumulation(tmp_path, config):
