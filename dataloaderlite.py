@@ -94,11 +94,13 @@ class DataLoaderLite:
             raise DataError(f"{path} has {n:,} tokens, fewer than one step needs: {need_text}, and no {split} shard "
                             "has more; use a smaller B or T")
         self.shards = [path for path, _ in kept]
+        self.all_lengths = [(path, n) for path, (_, n) in zip(shards, headers)]  # a resume of another step size
         self.offsets, self.lengths = zip(*(header for _, header in kept))
         if verbose:
             print(f"found {len(shards)} shards for split {split}")
             for path, n in short:
                 print(f"skipping {path}: its {n:,} tokens are fewer than one step needs ({need_text})")
+        self.skipped_on_resume = None  # tokens skipped to carry a saved position over to another step size
         self.reset()
 
     def reset(self):
@@ -161,6 +163,7 @@ class DataLoaderLite:
     # is the same on every rank (rank r only adds r*B*T inside a step), so rank 0's state resumes all.
 
     _SETTINGS = ("B", "T", "num_processes", "split", "shuffle", "seed")
+    _STEP = ("B", "T", "num_processes")  # these may change on a resume (a smaller B after running out of memory)
 
     def state_dict(self):
         state = {key: getattr(self, key) for key in self._SETTINGS}
@@ -170,18 +173,47 @@ class DataLoaderLite:
 
     def load_state_dict(self, state):
         for key in self._SETTINGS:
-            if state.get(key) != getattr(self, key):
+            if key not in self._STEP and state.get(key) != getattr(self, key):
                 raise DataError(f"the loader state was saved with {key}={state.get(key)!r} but this loader has "
                                 f"{key}={getattr(self, key)!r}; resume with the settings of the saved run")
         if not state["shard"] < len(self.shards):
             raise DataError(f"the loader state points at shard {state['shard']} but {len(self.shards)} "
                             f"{self.split} shards were found: the data folder changed since it was saved")
+        if any(state[key] != getattr(self, key) for key in self._STEP):
+            state = self._carried_over(state)
         here = (self.epoch, self.shard, self.window)
         self._enter(state["epoch"], state["shard"], state["window"])
         if not self.window < len(self.windows):
             self._enter(*here)
             raise DataError(f"the loader state points at step {state['window']} of shard {state['shard']}, which "
                             f"holds fewer steps: the data folder changed since it was saved")
+
+
+    def _carried_over(self, state):
+        """state, saved with another step size (B*T*num_processes), as a position in this loader's steps: the same
+        token stream, cut into steps of this size from the first one that starts at or after the saved
+        position. No token is read twice; fewer than one step's tokens are skipped (none when the sizes divide)."""
+        old = state["B"] * state["T"] * state["num_processes"]
+        saved = f"B*T*num_processes = {state['B']}*{state['T']}*{state['num_processes']}"
+        if self.shuffle:  # the shuffled unit is one step's window: another size is another order altogether
+            raise DataError(f"the loader state was saved with {saved} but this loader has {self.B}*{self.T}*"
+                            f"{self.num_processes}, and a shuffled order cannot be carried over to another step "
+                            "size; resume with the settings of the saved run")
+        if [path for path, n in self.all_lengths if n >= old + 1] != self.shards:
+            raise DataError(f"the loader state was saved with {saved}, at which other {self.split} shards hold a "
+                            "whole step than at this loader's size; resume with the settings of the saved run")
+        if not state["window"] < (self.lengths[state["shard"]] - 1) // old:
+            raise DataError(f"the loader state points at step {state['window']} of shard {state['shard']}, which "
+                            f"holds fewer steps: the data folder changed since it was saved")
+        offset = state["window"] * old  # the saved position, in tokens into its shard
+        epoch, shard, window = state["epoch"], state["shard"], -(-offset // self.step_tokens)
+        if window >= (self.lengths[shard] - 1) // self.step_tokens:  # no whole step of this size left: move on
+            last = shard == len(self.shards) - 1
+            epoch, shard, window = epoch + last, 0 if last else shard + 1, 0
+            self.skipped_on_resume = self.lengths[state["shard"]] - offset
+        else:
+            self.skipped_on_resume = window * self.step_tokens - offset
+        return dict(state, epoch=epoch, shard=shard, window=window)
 
 
 # -----------------------------------------------------------------------------

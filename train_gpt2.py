@@ -746,6 +746,12 @@ def train(args, preemption, lock):
         model.load_state_dict(ckpt["model"])
         load_optimizer_state(optimizer, ckpt["optimizer"])
         train_loader.load_state_dict(ckpt["loader"])
+        if (skipped := train_loader.skipped_on_resume) is not None:  # another -B, -T or process count
+            saved = ckpt["loader"]
+            print0(f"note: the checkpoint read the data in micro-steps of B*T*processes = {saved['B']}*{saved['T']}*"
+                   f"{saved['num_processes']} tokens, this run in {args.batch_size}*{args.seq_len}*{world_size}: it "
+                   "goes on where the checkpoint stood in the token stream" +
+                   (f", {skipped:,} tokens further on, where a micro-step of the new size starts" if skipped else ""))
         set_rng_state(ckpt["rng"])
         start_step = ckpt["step"]
         print0(f"resumed from {resume_path} at step {start_step}")

@@ -423,6 +423,24 @@ def test_resume_from_a_checkpoint_path_matches_uninterrupted_run(data_root, refe
     assert samples == re.findall(r"^rank 0 sample \d: .*$", reference_stdout, flags=re.M)
 
 
+def test_a_resume_with_a_smaller_batch_size_goes_on_with_the_same_tokens(data_root, reference, tmp_path):
+    # what the out-of-memory error line advises: a smaller -B, the same --total-batch-size by more accumulation
+    reference_stdout, reference_log_dir = reference
+    checkpoint = os.path.join(reference_log_dir, "model_00004.pt")
+    result = run_ok(tiny(data_root, tmp_path, *REFERENCE, "--resume", checkpoint, "-B", "2"))
+    assert "note: flags changed since that checkpoint was written: --batch-size 4 -> 2" in result.stdout
+    assert "note: the checkpoint read the data in micro-steps of B*T*processes = 4*32*1 tokens, this run in 2*32*1: " \
+           "it goes on where the checkpoint stood in the token stream\n" in result.stdout
+    assert "gradient accumulation steps: 4" in result.stdout
+    expected, resumed = step_fields(reference_stdout), step_fields(result.stdout)
+    assert sorted(resumed) == list(range(4, 12))
+    # the same 256 tokens a step in the same order, in 4 micro-steps of 64 instead of 2 of 128: the same
+    # losses and gradient norms but for float32's order of summation
+    for s in range(4, 12):
+        assert float(resumed[s][0]) == pytest.approx(float(expected[s][0]), abs=2e-5), s
+        assert float(resumed[s][2]) == pytest.approx(float(expected[s][2]), rel=1e-3), s
+
+
 def test_a_resume_trains_with_this_runs_weight_decay_not_the_checkpoints(data_root, reference, tmp_path):
     reference_stdout, reference_log_dir = reference
     checkpoint = os.path.join(reference_log_dir, "model_00008.pt")
