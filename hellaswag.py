@@ -53,7 +53,13 @@ URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_
 SPLITS = ("train", "val")
 # the val file as published (10,042 lines); a download that differs is not kept
 SHA256 = {"val": "dc1be2fa1bef56aab8e92a5be597a617e363b09239fa66822939d7fb7a8da4ec"}
-OFFLINE_HINT = "set HELLASWAG_FILE=/path/to/hellaswag_{split}.jsonl or pass --file"
+
+
+def offline_hint(split, flag="--file"):
+    """What to do without the download; flag: how the calling script takes a file ($HELLASWAG_FILE is val's only)."""
+    if split == "val":
+        return f"set HELLASWAG_FILE=/path/to/hellaswag_val.jsonl or pass {flag}"
+    return f"pass {flag} /path/to/hellaswag_{split}.jsonl"
 
 
 def cache_dir():
@@ -61,8 +67,9 @@ def cache_dir():
                                                             "hellaswag")
 
 
-def download(split="val", folder=None, url=None, sha256=None, progress=True, timeout=30):
+def download(split="val", folder=None, url=None, sha256=None, progress=True, timeout=30, flag="--file"):
     """The split's jsonl file in `folder` (default cache_dir()), downloaded unless it is already there.
+    flag: the calling script's option for a local file, named in the error when the download fails.
 
     The bytes go to a temporary file that is renamed only once complete (and, for the default URL,
     checked against the published sha256), so an interrupted download never leaves a partial file
@@ -81,7 +88,7 @@ def download(split="val", folder=None, url=None, sha256=None, progress=True, tim
         fd, tmp = tempfile.mkstemp(prefix=f".hellaswag_{split}.", suffix=".part", dir=folder)
     except OSError as e:  # a file in the way, a read-only home, a full disk
         raise ValueError(f"cannot write into the HellaSwag cache folder {folder} ({folder_error(e)}); set HELLASWAG_DIR "
-                         "to another folder, or " + OFFLINE_HINT.format(split=split)) from e
+                         "to another folder, or " + offline_hint(split, flag)) from e
     try:
         digest, size = hashlib.sha256(), 0
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as response:
@@ -102,22 +109,22 @@ def download(split="val", folder=None, url=None, sha256=None, progress=True, tim
     except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets, short reads
         reason = getattr(e, "reason", None) or str(e) or type(e).__name__
         raise ValueError(f"could not download {url} ({reason}); offline, "
-                         + OFFLINE_HINT.format(split=split)) from e
+                         + offline_hint(split, flag)) from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def data_file(split="val", path=None):
+def data_file(split="val", path=None, flag="--file"):
     """The file to read: `path` if given, else for the val split $HELLASWAG_FILE if set (a local copy of
-    it), else the (downloaded) cached split."""
+    it), else the (downloaded) cached split. flag: as for download()."""
     env = os.environ.get("HELLASWAG_FILE") if split == "val" else None
     for given, name in ((path, "HellaSwag file"), (env, "HELLASWAG_FILE")):
         if given:
             if not os.path.isfile(given):
                 raise ValueError(f"{name} {given} does not exist")
             return given
-    return download(split)
+    return download(split, flag=flag)
 
 
 def _check(example):

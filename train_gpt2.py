@@ -721,7 +721,8 @@ def train(args, preemption, lock):
     hellaswag_path = None
     if args.hellaswag:
         import hellaswag
-        hellaswag_path = hellaswag.data_file("val", args.hellaswag_file)
+        hellaswag_path = hellaswag.data_file("val", args.hellaswag_file,
+                                             flag="--hellaswag-file (or leave HellaSwag out with --no-hellaswag)")
 
     model = build_model(args, print0)
     if T > model.config.block_size:

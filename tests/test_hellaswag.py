@@ -319,8 +319,12 @@ def test_download_from_an_unreachable_url_fails_in_one_line_and_leaves_no_file(t
         hellaswag.download("val", folder=str(tmp_path), url=url, progress=False)
     message = str(e.value)
     assert "\n" not in message and message.startswith(f"could not download {url}")
-    assert "HELLASWAG_FILE" in message and "--file" in message
+    assert message.endswith("; offline, set HELLASWAG_FILE=/path/to/hellaswag_val.jsonl or pass --file")
     assert os.listdir(tmp_path) == []
+    # $HELLASWAG_FILE stands for the val split only: the train split's hint does not offer it
+    with pytest.raises(ValueError) as e:
+        hellaswag.download("train", folder=str(tmp_path), url=url, progress=False)
+    assert str(e.value).endswith("; offline, pass --file /path/to/hellaswag_train.jsonl")
 
 
 def test_a_cache_folder_that_cannot_be_made_fails_in_one_line(tmp_path):

@@ -631,6 +631,17 @@ def test_hellaswag_examples_too_long_for_the_model_stop_the_run_at_start_up(data
     assert not os.path.exists(tmp_path / "log")
 
 
+def test_hellaswag_without_its_file_or_download_names_this_scripts_flags(data_root, tmp_path, capsys, monkeypatch):
+    # hellaswag.py's --file is not a flag here: the hint named it, and `train_gpt2.py --file` failed again
+    monkeypatch.delenv("HELLASWAG_FILE", raising=False)
+    (tmp_path / "taken").write_text("a file where the HellaSwag cache folder would go")  # no download tried
+    monkeypatch.setenv("HELLASWAG_DIR", str(tmp_path / "taken"))
+    line = assert_one_error_line(run_main_in_process(tiny(data_root, tmp_path / "log", "--hellaswag"), capsys))
+    assert line.endswith("; set HELLASWAG_DIR to another folder, or set HELLASWAG_FILE=/path/to/hellaswag_val.jsonl "
+                         "or pass --hellaswag-file (or leave HellaSwag out with --no-hellaswag)"), line
+    assert not os.path.exists(tmp_path / "log")
+
+
 def test_an_empty_hellaswag_file_stops_the_run_at_start_up(data_root, tmp_path, capsys):
     # before, it passed start-up and the first evaluation divided by its 0 examples (ZeroDivisionError)
     path = tmp_path / "hellaswag_val.jsonl"
