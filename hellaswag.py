@@ -219,7 +219,10 @@ def score_rows(model, tokens, mask, autocast_dtype=None):
     # cross-entropy runs over the context and the padding, two thirds of the val set's positions.
     # A mask on the CPU gives these indices without waiting for the device.
     rows, cols = mask[:, 1:].bool().nonzero(as_tuple=True)
-    rows, cols = rows.to(device, non_blocking=True), cols.to(device, non_blocking=True)
+    # non_blocking only on CUDA, which stages a copy from pageable memory before returning; on MPS such a copy
+    # can read the CPU tensor after it has been freed (pytorch/pytorch#189690: silently wrong values)
+    asynchronous = device.type == "cuda"
+    rows, cols = rows.to(device, non_blocking=asynchronous), cols.to(device, non_blocking=asynchronous)
     with autocast(device.type, autocast_dtype):
         logits, _ = model(tokens, logits_at=(rows, cols))  # (number of ending tokens, vocab)
     losses = F.cross_entropy(logits.float(), tokens[rows, cols + 1], reduction="none")
@@ -279,7 +282,7 @@ def score_examples(model, examples, device, batch_size=32, autocast_dtype=None, 
             tokens[4 * k:4 * k + 4, :t.size(1)] = t
             mask[4 * k:4 * k + 4, :m.size(1)] = m
         num_tokens = mask.sum(1)
-        tokens = tokens.to(device, non_blocking=True)
+        tokens = tokens.to(device, non_blocking=device.type == "cuda")  # not on MPS: see score_rows
         results.append((score_rows(model, tokens, mask, autocast_dtype), num_tokens))
     # one copy back at the end: no host sync between batches beyond the model's own
     sum_loss = torch.cat([r[0] for r in results]).cpu().view(-1, 4) if results else torch.zeros(0, 4)
