@@ -12,7 +12,7 @@
 #
 # The run, each part capped by `timeout` (seconds), in this order; a part cut short keeps what it wrote:
 #   1. bench.py, gpt2 124M at B=64, T=1024: the lecture's settings against the levers never measured on a
-#      GPU, cheapest first (no-sync, pinned and reduce-overhead reuse the baseline's compiled kernels from
+#      GPU, cheapest first (pinned, pinned-no-sync and reduce-overhead reuse the baseline's compiled kernels from
 #      inductor's cache; reduce-overhead = CUDA graphs; max-autotune-no-cudagraphs, last, autotunes for
 #      minutes and may be cut), each with a profile of one step, to see where the time goes (the baseline
 #      reached 41% of the H100's peak)                                                            (<= 300 s)
@@ -78,9 +78,9 @@ platform.python_version(), '|', torch.cuda.get_device_name() if torch.cuda.is_av
 } 2>&1 | tee "$LOG"
 
 # 1. what the compile modes do to the lecture's step (baseline first; the rest as the budget allows)
-part 300 "bench.py: baseline, no-sync, pinned, reduce-overhead, max-autotune-no-cudagraphs" \
+part 300 "bench.py: baseline, pinned, pinned-no-sync, reduce-overhead, max-autotune-no-cudagraphs" \
     "$PY" bench.py --device "$DEVICE" $MODEL_ARGS $BATCH_ARGS \
-    --configs baseline,no-sync,pinned,reduce-overhead,max-autotune-no-cudagraphs --steps 10 --warmup 2 \
+    --configs baseline,pinned,pinned-no-sync,reduce-overhead,max-autotune-no-cudagraphs --steps 10 --warmup 2 \
     --max-seconds 30 --timeout 200 --time-budget 290 --profile "$OUT/profile.json" --profile-steps 1 \
     --results "$OUT/results.jsonl"
 # the traces in one file: the device tool brings back 8 files at most
