@@ -26,6 +26,8 @@ from torch.nn import functional as F
 # -----------------------------------------------------------------------------
 # configuration
 
+ADAMW_BETAS = (0.9, 0.95)  # with eps 1e-8, from GPT-3's paper (Brown et al. 2020, appendix B)
+
 # the four sizes OpenAI released; everything that names a size looks it up here
 MODEL_SIZES = {
     "gpt2":        dict(n_layer=12, n_head=12, n_embd=768),   # 124M params
@@ -248,8 +250,7 @@ class GPT(nn.Module):
             print(f"num non-decayed parameter tensors: {len(nodecay_params)}, "
                   f"with {sum(p.numel() for p in nodecay_params):,} parameters")
             print(f"using fused AdamW: {use_fused}")
-        # betas and eps from GPT-3's paper (Brown et al. 2020, appendix B)
-        return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=use_fused)
+        return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=ADAMW_BETAS, eps=1e-8, fused=use_fused)
 
 
 # -----------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dataloaderlite import DataLoaderLite
 from fineweb import fsync_dir
-from gpt2_modules import (AUTOCAST, GPT, MODEL_SIZES, GPTConfig, check_seed, default_dtype, generate,
+from gpt2_modules import (ADAMW_BETAS, AUTOCAST, GPT, MODEL_SIZES, GPTConfig, check_seed, default_dtype, generate,
                           is_out_of_memory, load_checkpoint, resolve_device)
 from gpt2_tokenizer import TokenizerUnavailable, get_encoding
 
@@ -174,6 +174,10 @@ def check_args(args, world_size):
         raise ConfigError(f"--keep-checkpoints must be 0 (keep all) or more, got {args.keep_checkpoints}")
     if not (args.max_lr > 0 and 0 <= args.min_lr <= args.max_lr):
         raise ConfigError(f"need 0 <= --min-lr <= --max-lr and --max-lr > 0, got {args.min_lr} and {args.max_lr}")
+    first_update = 1 / (1 - ADAMW_BETAS[0])  # AdamW's bias correction scales the first update by 1 / (1 - beta1)
+    if not args.max_lr * first_update <= torch.finfo(torch.float32).max:  # inf too: torch failed mid-update
+        raise ConfigError(f"--max-lr {args.max_lr:g} is too large: AdamW's first update, {first_update:g} x the "
+                          "learning rate, must fit in float32")
     if not args.grad_clip > 0:  # 0 would zero every gradient, and a negative value flip them
         raise ConfigError(f"--grad-clip must be positive, got {args.grad_clip}")
     for name in ("log_dir", "data_root"):
@@ -249,12 +253,14 @@ class Diverged(ConfigError):
 
 
 def check_finite(what, value, step, log_dir):
-    """Stop before a diverged run writes a checkpoint: the newest one on disk stays the last good state."""
+    """Stop before a diverged run writes a checkpoint. The newest one on disk is the state before it, which can
+    already be headed for the divergence (weights finite, their next update not), hence no "good" in the message."""
     if not math.isfinite(value):
-        good = [path for s, path in list_checkpoints(log_dir) if s <= step]
+        before = [path for s, path in list_checkpoints(log_dir) if s <= step]
         raise Diverged(f"the {what} became {value} at step {step}; stopping without a checkpoint ("
-                       + (f"the last good one is {good[-1]}" if good else "none was written before it")
-                       + "; try a lower --max-lr)")
+                       + (f"the newest before it is {before[-1]}; try a lower --max-lr, from an earlier checkpoint "
+                          "if that one diverges too" if before else "none was written before it; try a lower --max-lr")
+                       + ")")
 
 
 def synchronize(device):
