@@ -55,7 +55,7 @@ def read_header(path):
         tokens = np.lib.format.open_memmap(path, mode="r")
     except (ValueError, OSError) as e:
         raise DataError(f"{path} cannot be loaded as a .npy array ({e}): it is truncated or not a shard; "
-                        f"delete it and run `python fineweb.py` again") from None
+                        "delete it and rerun the fineweb.py command that made it (it rewrites only what is missing)") from None
     if tokens.dtype != np.uint16 or tokens.ndim != 1:
         raise DataError(f"{path} is not a 1-D uint16 token array: dtype {tokens.dtype}, shape {tokens.shape}")
     return tokens.offset, len(tokens)

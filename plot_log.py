@@ -8,6 +8,7 @@ with the lecture's reference lines (OpenAI's GPT-2 124M checkpoint and GPT-3 124
 
 import argparse
 import os
+import re
 import sys
 from collections import defaultdict
 
@@ -47,9 +48,15 @@ def plot(path, out, references=True):
     # a bare Figure draws with Agg and leaves pyplot's backend alone (a notebook keeps its inline plots)
     from matplotlib.figure import Figure
 
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file (train_gpt2.py writes log.txt into its --log-dir, log/ by default)")
     streams = read_log(path)
     if "train" not in streams:
-        raise ValueError(f"{path} has no `{{step}} train {{loss}}` lines: is it a train_gpt2.py log?")
+        with open(path, "rb") as f:
+            console = re.search(rb"^step +\d+ \| loss: ", f.read(), flags=re.M)  # the repository's own log.txt
+        raise ValueError(f"{path} has no `{{step}} train {{loss}}` lines: " + (
+            "it is a run's console output; plot the log.txt in that run's --log-dir" if console else
+            "is it a train_gpt2.py log?"))
     fig = Figure(figsize=(14 if "hella" in streams else 8, 5))
     axes = fig.subplots(1, 2 if "hella" in streams else 1, squeeze=False)
     ax = axes[0][0]

@@ -167,6 +167,18 @@ def test_notes_added_to_a_log_by_hand_are_skipped_whatever_bytes_they_hold(tmp_p
         "val": ([0], [10.9]), "train": ([0, 1], [10.9, 10.8])}
 
 
+def test_plot_script_says_what_the_file_is_when_it_is_no_log(tmp_path):
+    run = lambda path: subprocess.run([sys.executable, "plot_log.py", path], cwd=ROOT, capture_output=True,
+                                      text=True, timeout=120)
+    # the repository's log.txt is console output: the plottable one is that run's log/log.txt
+    out = run("log.txt")
+    assert (out.returncode, out.stderr) == (1, "error: log.txt has no `{step} train {loss}` lines: it is a run's "
+                                               "console output; plot the log.txt in that run's --log-dir\n")
+    out = run(str(tmp_path / "log" / "log.txt"))
+    assert (out.returncode, out.stderr) == (1, f"error: {tmp_path}/log/log.txt: no such file (train_gpt2.py writes "
+                                               "log.txt into its --log-dir, log/ by default)\n")
+
+
 @pytest.mark.parametrize("content, problem", [
     (b"0 train 10.9\n1 train 10.\xff\n", "2 is not UTF-8 text (invalid start byte): is it a train_gpt2.py log?"),
     (b"0 train 10.9\n1 train ten\n", "2: 'ten' is not a number"),
