@@ -445,18 +445,29 @@ def check_sample_args(args):
     return device, prompt, enc
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help keeps the docstring's layout and shows each flag's default, where it has one that its help
+    does not already explain (as argparse.ArgumentDefaultsHelpFormatter does, less its "(default: None)")."""
+
+    def _get_help_string(self, action):
+        help = action.help or ""
+        if action.default in (None, argparse.SUPPRESS) or "default" in help or not action.option_strings:
+            return action.help
+        return help + " (default: %(default)s)"
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("sample", help="sample text from a model")
+    p = sub.add_parser("sample", help="sample text from a model", formatter_class=HelpFormatter)
     p.add_argument("--model", default="gpt2",
                    help=f"an OpenAI name ({', '.join(MODEL_SIZES)}), a save_pretrained folder or a checkpoint .pt")
     p.add_argument("--prompt", default="Hello, I'm a language model,",
                    help="the text every sample continues; '<|endoftext|>' samples unconditionally, as OpenAI's did")
-    p.add_argument("--num-samples", type=int, default=4)
+    p.add_argument("--num-samples", type=int, default=4, help="samples, drawn as one batch")
     p.add_argument("--max-length", type=int, default=32, help="tokens per sample, prompt included")
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens (the lecture's)")
+    p.add_argument("--seed", type=int, default=42, help="the sampling generator's seed (the lecture's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda, cuda:N, mps or auto (default: cuda if there is one, else cpu)")
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face GPT2LMHeadModel folder")

@@ -38,8 +38,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dataloaderlite import DataLoaderLite
 from fineweb import fsync_dir
-from gpt2_modules import (ADAMW_BETAS, AUTOCAST, GPT, MODEL_SIZES, GPTConfig, check_seed, default_dtype, generate,
-                          is_out_of_memory, load_checkpoint, resolve_device)
+from gpt2_modules import (ADAMW_BETAS, AUTOCAST, GPT, MODEL_SIZES, GPTConfig, HelpFormatter, check_seed, default_dtype,
+                          generate, is_out_of_memory, load_checkpoint, resolve_device)
 from gpt2_tokenizer import TokenizerUnavailable, get_encoding
 
 # -----------------------------------------------------------------------------
@@ -100,7 +100,7 @@ class RunLog:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("data and logs")
     g.add_argument("--data-root", default="edu_fineweb10B", help="folder of .npy token shards (made by fineweb.py)")
     g.add_argument("--log-dir", default="log", help="log.txt and checkpoints go here")
@@ -126,7 +126,8 @@ def parse_args(argv=None):
                    help="final learning rate (default: 10%% of --max-lr, as the lecture's max_lr * 0.1; 6e-5)")
     g.add_argument("--warmup-steps", type=int, default=715, help="375M tokens of linear warmup, as GPT-3")
     g.add_argument("--max-steps", type=int, default=19073, help="19,073 x 0.5M tokens = 10B tokens, one epoch")
-    g.add_argument("--weight-decay", type=float, default=0.1)
+    g.add_argument("--weight-decay", type=float, default=0.1,
+                   help="AdamW's decoupled weight decay, on the >= 2-D tensors (matmuls, embeddings) only")
     g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
     g = p.add_argument_group("evaluation, samples and checkpoints")
     g.add_argument("--eval-interval", type=int, default=250, help="validation (and HellaSwag) every N steps and on the last")
@@ -144,14 +145,16 @@ def parse_args(argv=None):
                    help="stop after N steps of this invocation with a checkpoint (the schedule still follows "
                         "--max-steps): split a run into jobs of limited time, continue with --resume auto")
     g = p.add_argument_group("hardware")
-    g.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    g.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
+                   help="auto: CUDA if there is a GPU, else MPS, else the CPU")
     g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
                    help="autocast dtype; auto: bfloat16 on CUDA and on CPUs with bf16 instructions "
                         "(AVX512_BF16, AMX), float32 elsewhere")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: on for CUDA, and on CPU with bfloat16 where a C++ "
                         "compiler and Python's headers are found; off elsewhere)")
-    g.add_argument("--seed", type=int, default=1337)
+    g.add_argument("--seed", type=int, default=1337,
+                   help="torch's seed for the initialisation (the lecture's)")
     return p.parse_args(argv)
 
 

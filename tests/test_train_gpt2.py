@@ -398,6 +398,26 @@ def test_resume_auto_after_sigkill_matches_uninterrupted_run(data_root, referenc
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
+def test_help_describes_every_flag_and_shows_its_default(capsys):
+    # README sends readers to --help for the defaults; --data-root, -B and --max-lr showed none
+    with pytest.raises(SystemExit):
+        train_gpt2.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    for shown in ["--data-root DATA_ROOT folder of .npy token shards (made by fineweb.py) (default: edu_fineweb10B)",
+                  "micro-batch size per process (default: 64)", "(GPT-3 small) (default: 0.0006)",
+                  "(default: 1337)", "(default: 0.1)", "(0: keep all) (default: 2)"]:
+        assert shown in text, shown
+    assert "(default: None)" not in text and text.count("(default:") >= 25
+    # every flag has a help text, on its own line or on the next (--weight-decay, --seed and --device had none)
+    with pytest.raises(SystemExit):
+        train_gpt2.parse_args(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    flags = [i for i, line in enumerate(lines) if re.match(r"^  -", line)]
+    for i in flags:
+        described = re.match(r"^  -\S.*?  +\S", lines[i]) or re.match(r"^ {20,}\S", lines[i + 1])
+        assert described, lines[i]
+
+
 def test_a_resume_names_the_flags_that_changed_since_its_checkpoint():
     saved = vars(train_gpt2.parse_args(["--data-root", "old_shards", "--resume", "none"]))
     now = vars(train_gpt2.parse_args(["--data-root", "new_shards", "--resume", "auto", "--total-batch-size", "262144",
