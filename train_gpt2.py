@@ -46,7 +46,12 @@ from gpt2_tokenizer import TokenizerUnavailable, get_encoding
 # the learning-rate schedule: linear warmup, then cosine decay to 10% (GPT-3 paper, appendix B)
 
 
-def get_lr(step, max_lr=6e-4, min_lr=6e-5, warmup_steps=715, max_steps=19073):
+MIN_LR_FRACTION = 0.1  # GPT-3 decays to 10% of the peak, whatever the peak
+
+
+def get_lr(step, max_lr=6e-4, min_lr=None, warmup_steps=715, max_steps=19073):
+    if min_lr is None:
+        min_lr = max_lr * MIN_LR_FRACTION  # the lecture's max_lr * 0.1, to the last bit (5.9999999999999995e-05)
     if step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps  # +1: step 0 already trains at a non-zero rate
     if step > max_steps:
@@ -165,7 +170,7 @@ class ConfigError(ValueError):
 def check_args(args, world_size):
     """Fail on a bad combination before any process group or model exists; fill in derived defaults."""
     if args.min_lr is None:
-        args.min_lr = args.max_lr * 0.1  # GPT-3 decays to 10% of the peak, whatever the peak
+        args.min_lr = args.max_lr * MIN_LR_FRACTION
     for name in ("batch_size", "seq_len", "total_batch_size", "max_steps", "warmup_steps", "eval_interval",
                  "val_steps", "sample_interval", "checkpoint_interval", "vocab_size"):
         if getattr(args, name) <= 0:

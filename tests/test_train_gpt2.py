@@ -153,6 +153,13 @@ def test_lr_stays_at_min_lr_from_max_steps_on():
         assert train_gpt2.get_lr(step) == pytest.approx(6e-5, rel=1e-12)
 
 
+def test_lr_defaults_equal_the_lectures_schedule_to_the_last_bit():
+    # the lecture: min_lr = max_lr * 0.1 = 5.9999999999999995e-05, not the literal 6e-5
+    max_lr, min_lr = 6e-4, 6e-4 * 0.1
+    assert train_gpt2.get_lr(715) == min_lr + 1.0 * (max_lr - min_lr) == 0.0005999999999999998
+    assert train_gpt2.get_lr(19073) == min_lr == 5.9999999999999995e-05
+
+
 def test_lr_schedule_uses_the_arguments_it_is_given():
     # the tiny runs below: warmup 3, 12 steps
     assert [round(train_gpt2.get_lr(s, 6e-4, 6e-5, 3, 12), 10) for s in (0, 1, 2, 3)] == [2e-4, 4e-4, 6e-4, 6e-4]
