@@ -362,7 +362,9 @@ def rng_state():
 def set_rng_state(s):
     torch.set_rng_state(s["torch"])
     # this process's GPU only: a machine with fewer GPUs than the one that saved them (8 on one node, then 4 on
-    # each of 2) has no device for the rest
+    # each of 2) has no device for the rest. Rank 0 saved the states its process holds for every GPU; for GPU r
+    # that equals rank r's own only while nothing draws CUDA random numbers, as here (no dropout; sampling has
+    # its own generator)
     if torch.cuda.is_available() and torch.cuda.current_device() < len(s["cuda"]):
         torch.cuda.set_rng_state(s["cuda"][torch.cuda.current_device()])
     np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"], 0, 0.0))
