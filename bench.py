@@ -141,7 +141,7 @@ PRESETS = {
     # written after a review pointed out the above: no host sync at all inside the step
     "pinned-no-sync": Preset(dict(pinned=True, host_sync=False),
                              "CUDA: 1.00-1.02x (the host queues the next micro-step's kernels while the GPU runs "
-                             "the last; a B=64 micro-step is ~140 ms of GPU work on an H100, so there is little to hide)"),
+                             "the last; a B=64 micro-step is ~140 ms of GPU work on an H100: little to hide)"),
     "b32": Preset(dict(batch_size=32), "CUDA: 0.97-1.00x (smaller matmuls, same FLOPs per token)"),
     "b96": Preset(dict(batch_size=96), "CUDA: 0.99-1.02x, peak memory ~1.5x"),
     "b128": Preset(dict(batch_size=128),

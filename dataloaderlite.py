@@ -12,9 +12,9 @@ header as training does at start-up (a missing split or a broken shard gives tra
 
     python dataloaderlite.py edu_fineweb10B     # val: 1 shard, 100,000,000 tokens / train: 99 shards, ...
 
-The token order is the lecture's: rank r reads B*T+1 tokens at offset r*B*T of the current step,
-a step moves B*T*num_processes tokens, and a shard that cannot hold another whole step hands over
-to the next one (after the last shard: shard 0 again, a new epoch); a shard shorter than one step
+The token order is the lecture's: rank r reads B*T+1 tokens at offset r*B*T of the current micro-step,
+a micro-step moves B*T*num_processes tokens, and a shard that cannot hold another whole micro-step hands
+over to the next one (after the last shard: shard 0 again, a new epoch); a shard shorter than one micro-step
 (fineweb.py's leftover last shard can be) is skipped. Extras that leave that order alone: a memory
 footprint of a few batches whatever the shard size, state_dict()/load_state_dict() for exact
 resumption, DataError on bad shards, and shuffle=True (off by default).
@@ -54,8 +54,8 @@ def read_header(path):
         # whose errors would hide what is wrong with the file
         tokens = np.lib.format.open_memmap(path, mode="r")
     except (ValueError, OSError) as e:
-        raise DataError(f"{path} cannot be loaded as a .npy array ({e}): it is truncated or not a shard; "
-                        "delete it and rerun the fineweb.py command that made it (it rewrites only what is missing)") from None
+        raise DataError(f"{path} cannot be loaded as a .npy array ({e}): it is truncated or not a shard; delete "
+                        "it and rerun the fineweb.py command that made it (it rewrites only what is missing)") from None
     if tokens.dtype != np.uint16 or tokens.ndim != 1:
         raise DataError(f"{path} is not a 1-D uint16 token array: dtype {tokens.dtype}, shape {tokens.shape}")
     return tokens.offset, len(tokens)
@@ -79,46 +79,48 @@ class DataLoaderLite:
         self.process_rank, self.num_processes = process_rank, num_processes
         self.split, self.shuffle, self.seed = split, shuffle, seed
         self.device = torch.device(device)
-        self.step_tokens = B * T * num_processes  # how far one step moves, all ranks together
+        # how far one micro-step (one next_batch() on every rank) moves, all ranks together; an optimizer step
+        # of train_gpt2.py is grad_accum_steps of them
+        self.micro_step_tokens = B * T * num_processes
 
         shards = find_shards(data_root, split)
         headers = [read_header(path) for path in shards]  # every shard checked, the ones skipped below too
-        # a shard shorter than one step holds no batch: fineweb.py's last shard is what was left over, which can
-        # be a few tokens; it is skipped, as the loader skips the tail of every shard that is no whole step
-        need = self.step_tokens + 1
+        # a shard shorter than one micro-step holds no batch: fineweb.py's last shard is what was left over, which
+        # can be a few tokens; it is skipped, as the loader skips the tail of every shard that is no whole micro-step
+        need = self.micro_step_tokens + 1
         need_text = f"B*T*num_processes+1 = {B}*{T}*{num_processes}+1 = {need:,}"
         kept = [(path, header) for path, header in zip(shards, headers) if header[1] >= need]
         short = [(path, n) for path, (_, n) in zip(shards, headers) if n < need]
         if not kept:
             path, n = max(short, key=lambda s: s[1])
-            raise DataError(f"{path} has {n:,} tokens, fewer than one step needs: {need_text}, and no {split} shard "
-                            "has more; use a smaller B or T")
+            raise DataError(f"{path} has {n:,} tokens, fewer than one micro-step needs: {need_text}, and no {split} "
+                            "shard has more; use a smaller B or T")
         self.shards = [path for path, _ in kept]
-        self.all_lengths = [(path, n) for path, (_, n) in zip(shards, headers)]  # a resume of another step size
+        self.all_lengths = [(path, n) for path, (_, n) in zip(shards, headers)]  # for a resume at another size
         self.offsets, self.lengths = zip(*(header for _, header in kept))
         if verbose:
             print(f"found {len(shards)} shards for split {split}")
             for path, n in short:
-                print(f"skipping {path}: its {n:,} tokens are fewer than one step needs ({need_text})")
-        self.skipped_on_resume = None  # tokens skipped to carry a saved position over to another step size
+                print(f"skipping {path}: its {n:,} tokens are fewer than one micro-step needs ({need_text})")
+        self.skipped_on_resume = None  # tokens skipped to carry a saved position over to another micro-step size
         self.reset()
 
     def reset(self):
         self._enter(epoch=0, shard=0, window=0)
 
     def _enter(self, epoch, shard, window):
-        """Stand before `window` (a step's index in the visit order) of the epoch's `shard`-th shard."""
+        """Stand before `window` (a micro-step's index in the visit order) of the epoch's `shard`-th shard."""
         self.epoch, self.shard, self.window = epoch, shard, window
         self.current_shard = self._shard_order()[shard]  # index into self.shards
-        # step k of a shard starts at token k*step_tokens and needs step_tokens+1 tokens (the +1 is
-        # the last target), so a shard of n tokens holds (n-1)//step_tokens steps. This bound is the
-        # same on every rank, so all ranks move on at the same step; upstream added the rank's own
+        # micro-step k of a shard starts at token k*micro_step_tokens and needs micro_step_tokens+1 tokens (the +1
+        # is the last target), so a shard of n tokens holds (n-1)//micro_step_tokens of them. This bound is the
+        # same on every rank, so all ranks move on at the same micro-step; upstream added the rank's own
         # offset to it, which moved the higher ranks on early and dropped tokens (build-nanogpt PR #109).
-        n_windows = (self.lengths[self.current_shard] - 1) // self.step_tokens
+        n_windows = self._windows_in(self.current_shard, self.micro_step_tokens)
         self.windows = self._window_order(self.current_shard, n_windows)
 
     # Shuffling (build-nanogpt PR #52: a fixed order repeats the same loss pattern every epoch).
-    # The unit shuffled is one step's window of B*T*num_processes(+1) tokens, the span that the ranks
+    # The unit shuffled is one micro-step's window of B*T*num_processes(+1) tokens, the span that the ranks
     # split between them, so the ranks still partition each window exactly as without shuffling and a
     # shuffled run with W ranks reads the same batches as one process with batch B*W. The orders are a
     # pure function of (seed, epoch, shard), the same on every rank, with no generator state to save.
@@ -137,7 +139,7 @@ class DataLoaderLite:
 
     def next_batch(self):
         B, T = self.B, self.T
-        start = self.windows[self.window] * self.step_tokens + self.process_rank * B * T
+        start = self.windows[self.window] * self.micro_step_tokens + self.process_rank * B * T
         # a read of just this slice, not a slice of a long-lived np.memmap: a memory map keeps every
         # page it has touched in this process's RSS, up to the whole shard (200 MB for 100M tokens),
         # while a read keeps RSS at a few batches (benchmarks/loader_memory_bench.py measures both)
@@ -153,21 +155,21 @@ class DataLoaderLite:
         x = buf[:-1].view(B, T)  # inputs
         y = buf[1:].view(B, T)  # targets
         self.window += 1
-        if self.window == len(self.windows):  # this shard holds no further whole step: move on
+        if self.window == len(self.windows):  # this shard holds no further whole micro-step: move on
             last = self.shard == len(self.shards) - 1
             self._enter(epoch=self.epoch + last, shard=0 if last else self.shard + 1, window=0)
         return x, y
 
     # -------------------------------------------------------------------------
     # checkpointing: plain Python values, so torch.load(weights_only=True) reads them. The position
-    # is the same on every rank (rank r only adds r*B*T inside a step), so rank 0's state resumes all.
+    # is the same on every rank (rank r only adds r*B*T inside a micro-step), so rank 0's state resumes all.
 
     _SETTINGS = ("B", "T", "num_processes", "split", "shuffle", "seed")
     _STEP = ("B", "T", "num_processes")  # these may change on a resume (a smaller B after running out of memory)
 
     def state_dict(self):
         state = {key: getattr(self, key) for key in self._SETTINGS}
-        # epoch: passes completed; shard: index into the epoch's shard order; window: steps already read in it
+        # epoch: passes completed; shard: index into the epoch's shard order; window: micro-steps already read in it
         state.update(epoch=self.epoch, shard=self.shard, window=self.window)
         return state
 
@@ -185,34 +187,41 @@ class DataLoaderLite:
         self._enter(state["epoch"], state["shard"], state["window"])
         if not self.window < len(self.windows):
             self._enter(*here)
-            raise DataError(f"the loader state points at step {state['window']} of shard {state['shard']}, which "
-                            f"holds fewer steps: the data folder changed since it was saved")
+            raise self._folder_changed(state)
 
+    def _windows_in(self, shard, micro_step_tokens):
+        """How many micro-steps of this size a shard holds: each needs micro_step_tokens + 1 tokens."""
+        return (self.lengths[shard] - 1) // micro_step_tokens
+
+    @staticmethod
+    def _folder_changed(state):
+        return DataError(f"the loader state points at micro-step {state['window']} of shard {state['shard']}, which "
+                         "holds fewer: the data folder changed since it was saved")
 
     def _carried_over(self, state):
-        """state, saved with another step size (B*T*num_processes), as a position in this loader's steps: the same
-        token stream, cut into steps of this size from the first one that starts at or after the saved
-        position. No token is read twice; fewer than one step's tokens are skipped (none when the sizes divide)."""
+        """state, saved with another micro-step size (B*T*num_processes), as a position in this loader's
+        micro-steps: the same token stream, cut into micro-steps of this size from the first one that starts at
+        or after the saved position. No token is read twice; fewer than one micro-step's tokens are skipped
+        (none when the sizes divide)."""
         old = state["B"] * state["T"] * state["num_processes"]
         saved = f"B*T*num_processes = {state['B']}*{state['T']}*{state['num_processes']}"
-        if self.shuffle:  # the shuffled unit is one step's window: another size is another order altogether
+        if self.shuffle:  # the shuffled unit is one micro-step's window: another size is another order altogether
             raise DataError(f"the loader state was saved with {saved} but this loader has {self.B}*{self.T}*"
-                            f"{self.num_processes}, and a shuffled order cannot be carried over to another step "
-                            "size; resume with the settings of the saved run")
+                            f"{self.num_processes}, and a shuffled order cannot be carried over to another "
+                            "micro-step size; resume with the settings of the saved run")
         if [path for path, n in self.all_lengths if n >= old + 1] != self.shards:
             raise DataError(f"the loader state was saved with {saved}, at which other {self.split} shards hold a "
-                            "whole step than at this loader's size; resume with the settings of the saved run")
-        if not state["window"] < (self.lengths[state["shard"]] - 1) // old:
-            raise DataError(f"the loader state points at step {state['window']} of shard {state['shard']}, which "
-                            f"holds fewer steps: the data folder changed since it was saved")
+                            "whole micro-step than at this loader's size; resume with the settings of the saved run")
+        if not state["window"] < self._windows_in(state["shard"], old):
+            raise self._folder_changed(state)
         offset = state["window"] * old  # the saved position, in tokens into its shard
-        epoch, shard, window = state["epoch"], state["shard"], -(-offset // self.step_tokens)
-        if window >= (self.lengths[shard] - 1) // self.step_tokens:  # no whole step of this size left: move on
+        epoch, shard, window = state["epoch"], state["shard"], -(-offset // self.micro_step_tokens)
+        if window >= self._windows_in(shard, self.micro_step_tokens):  # no whole micro-step of this size left
             last = shard == len(self.shards) - 1
             epoch, shard, window = epoch + last, 0 if last else shard + 1, 0
             self.skipped_on_resume = self.lengths[state["shard"]] - offset
         else:
-            self.skipped_on_resume = window * self.step_tokens - offset
+            self.skipped_on_resume = window * self.micro_step_tokens - offset
         return dict(state, epoch=epoch, shard=shard, window=window)
 
 

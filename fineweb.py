@@ -43,7 +43,8 @@ TASK_CHARS = 1 << 20       # ~1 MB of text per worker task: a few hundred web do
 TASK_DOCS = 4096           # ...or this many documents, so that tiny documents still make tasks of bounded size
 READ_BATCH = 1024          # rows per Arrow batch read from the dataset
 FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-GZIPPED = {".txt", ".json", ".jsonl"}  # docs.jsonl.gz: datasets decompresses these as it reads (parquet compresses inside)
+# docs.jsonl.gz: datasets decompresses these as it reads (a parquet file compresses inside)
+GZIPPED = {".txt", ".json", ".jsonl"}
 
 
 def available_cpus():

@@ -182,10 +182,12 @@ def check_args(args, world_size):
         raise ConfigError(f"--keep-checkpoints must be 0 (keep all) or more, got {args.keep_checkpoints}")
     if not (args.max_lr > 0 and 0 <= args.min_lr <= args.max_lr):
         raise ConfigError(f"need 0 <= --min-lr <= --max-lr and --max-lr > 0, got {args.min_lr} and {args.max_lr}")
-    first_update = 1 / (1 - ADAMW_BETAS[0])  # AdamW's bias correction scales the first update by 1 / (1 - beta1)
-    if not args.max_lr * first_update <= torch.finfo(torch.float32).max:  # inf too: torch failed mid-update
-        raise ConfigError(f"--max-lr {args.max_lr:g} is too large: AdamW's first update, {first_update:g} x the "
-                          "learning rate, must fit in float32")
+    # AdamW's first step computes lr / (1 - beta1) (its bias correction) as a float32: beyond that range
+    # (or inf) torch stopped with an overflow error halfway through updating the weights
+    bias_correction = 1 - ADAMW_BETAS[0]
+    if not args.max_lr / bias_correction <= torch.finfo(torch.float32).max:
+        raise ConfigError(f"--max-lr {args.max_lr:g} is too large: AdamW computes it / (1 - beta1) = "
+                          f"{1 / bias_correction:g} x it in float32, which overflows")
     if not args.grad_clip > 0:  # 0 would zero every gradient, and a negative value flip them
         raise ConfigError(f"--grad-clip must be positive, got {args.grad_clip}")
     for name in ("log_dir", "data_root"):
@@ -870,7 +872,7 @@ def train(args, preemption, lock):
                 break
     except Exception as e:
         # a failed step loses nothing since the last checkpoint: save the state before it (rank 0's, which
-        # every rank shares), unless the run diverged (then the newest checkpoint is the last good state)
+        # every rank shares), unless the run diverged (that state is already bad: the nan shows in it)
         if before is not None and not isinstance(e, Diverged):
             save_before_failure(before, raw_model, optimizer, args, print0)
         raise

@@ -268,8 +268,8 @@ def test_a_shard_shorter_than_one_step_is_skipped_and_named(tmp_path, capsys):
     # fineweb.py's last shard holds what was left over, as little as one token
     shards = write_shards(tmp_path, lengths=[100, 75, 131, 1])
     dl = DataLoaderLite(B, T, 0, 10, "train", data_root=str(tmp_path))  # one step: 2*4*10+1 = 81 tokens
-    assert re.findall(r"skipping .*(edufineweb_train_00000\d.npy): its (\d+) tokens are fewer than one step needs "
-                      r"\(B\*T\*num_processes\+1 = 2\*4\*10\+1 = 81\)", capsys.readouterr().out) == [
+    assert re.findall(r"skipping .*(edufineweb_train_00000\d.npy): its (\d+) tokens are fewer than one micro-step "
+                      r"needs \(B\*T\*num_processes\+1 = 2\*4\*10\+1 = 81\)", capsys.readouterr().out) == [
         ("edufineweb_train_000001.npy", "75"), ("edufineweb_train_000003.npy", "1")]
     # one step from shard 0, one from shard 2, then shard 0 again
     firsts = [int(x[0, 0]) for x, _ in stream(dl, 3)]
@@ -278,7 +278,7 @@ def test_a_shard_shorter_than_one_step_is_skipped_and_named(tmp_path, capsys):
 
 def test_shards_all_shorter_than_one_step_are_an_error_naming_the_longest(tmp_path):
     write_shards(tmp_path)
-    with pytest.raises(DataError, match=r"edufineweb_train_000002.npy has 131 tokens, fewer than one step needs: "
+    with pytest.raises(DataError, match=r"edufineweb_train_000002.npy has 131 tokens, fewer than one micro-step needs: "
                                         r"B\*T\*num_processes\+1 = 2\*4\*20\+1 = 161, and no train shard has more; "
                                         r"use a smaller B or T"):
         loader(tmp_path, world=20)

@@ -601,8 +601,8 @@ def run_main_in_process(argv, capsys):
     (["--max-steps", "0"], r"--max-steps must be positive"),
     (["--n-embd", "63"], r"n_embd \(63\) must be divisible by n_head \(2\)"),
     (["--keep-checkpoints", "-1"], r"--keep-checkpoints must be 0 \(keep all\) or more, got -1"),
-    (["--max-lr", "inf"], r"--max-lr inf is too large: AdamW's first update, 10 x the learning rate, must fit in "
-                          r"float32$"),
+    (["--max-lr", "inf"], r"--max-lr inf is too large: AdamW computes it / \(1 - beta1\) = 10 x it in float32, "
+                          r"which overflows$"),
     (["--max-lr", "1e38"], r"--max-lr 1e\+38 is too large"),  # torch's overflow error, mid-update, before
     (["--grad-clip", "0"], r"--grad-clip must be positive, got 0.0"),
     (["--grad-clip", "-1"], r"--grad-clip must be positive, got -1.0"),
