@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from gpt2_tokenizer import VOCAB_SIZE
+
 # -----------------------------------------------------------------------------
 # configuration
 
@@ -40,7 +42,7 @@ MODEL_SIZES = {
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # max sequence length: GPT-2's context window
-    vocab_size: int = 50257  # 50,000 BPE merges + 256 byte tokens + 1 <|endoftext|> token
+    vocab_size: int = VOCAB_SIZE  # 50,257: 50,000 BPE merges + 256 byte tokens + 1 <|endoftext|> token
     n_layer: int = 12  # number of transformer blocks
     n_head: int = 12  # attention heads per block
     n_embd: int = 768  # width of the residual stream
@@ -293,7 +295,7 @@ def _from_hf_state_dict(sd_hf):
     return sd
 
 
-def export_hf(model, out_dir, vocab_size=50257):
+def export_hf(model, out_dir, vocab_size=VOCAB_SIZE):
     """Write a folder that transformers.GPT2LMHeadModel.from_pretrained (and pipeline) load.
 
     A vocab padded for speed (50304) is cut back to GPT-2's 50257: the extra rows are never targets.
@@ -317,7 +319,7 @@ def export_hf(model, out_dir, vocab_size=50257):
     try:
         os.makedirs(out_dir, exist_ok=True)
         hf.save_pretrained(out_dir)
-        if vocab_size == 50257:  # the GPT-2 tokenizer only makes sense for GPT-2's vocabulary
+        if vocab_size == VOCAB_SIZE:  # the GPT-2 tokenizer only makes sense for GPT-2's vocabulary
             write_hf_tokenizer_files(out_dir, model_max_length=c.block_size)
     except OSError as e:  # a file in the way, a read-only or virtual filesystem, a full disk
         raise ValueError(f"cannot write the export folder {out_dir} ({folder_error(e)})") from e
@@ -398,8 +400,12 @@ def autocast(device_type, autocast_dtype):
 # -----------------------------------------------------------------------------
 # sampling
 
+# the lecture's samples: 4 continuations of this prompt, 32 tokens long, top-k 50, seed 42 (+ the rank in training)
+PROMPT, NUM_SAMPLES, SAMPLE_LENGTH, TOP_K, SAMPLE_SEED = "Hello, I'm a language model,", 4, 32, 50, 42
+
+
 @torch.no_grad()
-def generate(model, tokens, max_length, num_return_sequences=1, top_k=50, seed=42, autocast_dtype=None):
+def generate(model, tokens, max_length, num_return_sequences=1, top_k=TOP_K, seed=SAMPLE_SEED, autocast_dtype=None):
     """Extend `tokens` (a list of ids) to max_length tokens in total, num_return_sequences times.
 
     Top-k sampling as in the lecture (k=50, the HF pipeline default); an explicit torch.Generator
@@ -462,14 +468,15 @@ def main(argv=None):
     p = sub.add_parser("sample", help="sample text from a model", formatter_class=HelpFormatter)
     p.add_argument("--model", default="gpt2",
                    help=f"an OpenAI name ({', '.join(MODEL_SIZES)}), a save_pretrained folder or a checkpoint .pt")
-    p.add_argument("--prompt", default="Hello, I'm a language model,",
+    p.add_argument("--prompt", default=PROMPT,
                    help="the text every sample continues; '<|endoftext|>' samples unconditionally, as OpenAI's did")
-    p.add_argument("--num-samples", type=int, default=4, help="samples, drawn as one batch")
-    p.add_argument("--max-length", type=int, default=32, help="tokens per sample, prompt included")
-    p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens (the lecture's)")
-    p.add_argument("--seed", type=int, default=42, help="the sampling generator's seed (the lecture's)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu, cuda, cuda:N, mps or auto (default: cuda if there is one, else cpu)")
+    p.add_argument("--num-samples", type=int, default=NUM_SAMPLES, help="samples, drawn as one batch")
+    p.add_argument("--max-length", type=int, default=SAMPLE_LENGTH, help="tokens per sample, prompt included")
+    p.add_argument("--top-k", type=int, default=TOP_K, help="sample among the k likeliest tokens (the lecture's)")
+    p.add_argument("--seed", type=int, default=SAMPLE_SEED, help="the sampling generator's seed (the lecture's)")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA if there is a GPU, else MPS, else the CPU, as train_gpt2.py), cpu, cuda, cuda:N "
+                        "or mps")
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face GPT2LMHeadModel folder")
     p.add_argument("checkpoint", help="a training checkpoint .pt (or any --model source)")
     p.add_argument("out_dir")

@@ -38,18 +38,21 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dataloaderlite import DataLoaderLite
 from fineweb import fsync_dir
-from gpt2_modules import (ADAMW_BETAS, AUTOCAST, GPT, MODEL_SIZES, GPTConfig, HelpFormatter, check_seed, default_dtype,
-                          generate, is_out_of_memory, load_checkpoint, resolve_device)
+from gpt2_modules import (ADAMW_BETAS, AUTOCAST, GPT, MODEL_SIZES, NUM_SAMPLES, PROMPT, SAMPLE_LENGTH, SAMPLE_SEED,
+                          GPTConfig, HelpFormatter, check_seed, default_dtype, generate, is_out_of_memory,
+                          load_checkpoint, resolve_device)
 from gpt2_tokenizer import TokenizerUnavailable, get_encoding
 
 # -----------------------------------------------------------------------------
 # the learning-rate schedule: linear warmup, then cosine decay to 10% (GPT-3 paper, appendix B)
 
+MAX_LR = 6e-4            # GPT-3 small's peak
+MIN_LR_FRACTION = 0.1    # GPT-3 decays to 10% of the peak, whatever the peak
+WARMUP_STEPS = 715       # 375M tokens of warmup, as GPT-3, at 2**19 tokens a step
+MAX_STEPS = 19073        # 19,073 x 2**19 tokens = 10B tokens: one epoch of FineWeb-Edu sample-10BT
 
-MIN_LR_FRACTION = 0.1  # GPT-3 decays to 10% of the peak, whatever the peak
 
-
-def get_lr(step, max_lr=6e-4, min_lr=None, warmup_steps=715, max_steps=19073):
+def get_lr(step, max_lr=MAX_LR, min_lr=None, warmup_steps=WARMUP_STEPS, max_steps=MAX_STEPS):
     if min_lr is None:
         min_lr = max_lr * MIN_LR_FRACTION  # the lecture's max_lr * 0.1, to the last bit (5.9999999999999995e-05)
     if step < warmup_steps:
@@ -126,11 +129,11 @@ def parse_args(argv=None):
     g.add_argument("--seq-len", "-T", type=int, default=1024, help="tokens per sequence")
     g.add_argument("--total-batch-size", type=int, default=524288,
                    help="tokens per optimizer step: 2**19 ~ 0.5M, GPT-3 small's batch; reached by gradient accumulation")
-    g.add_argument("--max-lr", type=float, default=6e-4, help="peak learning rate (GPT-3 small)")
+    g.add_argument("--max-lr", type=float, default=MAX_LR, help="peak learning rate (GPT-3 small)")
     g.add_argument("--min-lr", type=float, default=None,
                    help="final learning rate (default: 10%% of --max-lr, as the lecture's max_lr * 0.1; 6e-5)")
-    g.add_argument("--warmup-steps", type=int, default=715, help="375M tokens of linear warmup, as GPT-3")
-    g.add_argument("--max-steps", type=int, default=19073, help="19,073 x 0.5M tokens = 10B tokens, one epoch")
+    g.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS, help="375M tokens of linear warmup, as GPT-3")
+    g.add_argument("--max-steps", type=int, default=MAX_STEPS, help="19,073 x 0.5M tokens = 10B tokens, one epoch")
     g.add_argument("--weight-decay", type=float, default=0.1,
                    help="AdamW's decoupled weight decay, on the >= 2-D tensors (matmuls, embeddings) only")
     g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
@@ -342,8 +345,9 @@ def prepare_hellaswag(path, block_size, rank, world_size):
         raise ConfigError(f"HellaSwag {path}: {problem}; pass another --hellaswag-file or --no-hellaswag")
 
 
-def print_samples(model, enc, rank, autocast_dtype, num=4, length=32, prompt="Hello, I'm a language model,"):
-    rows = generate(model, enc.encode(prompt), length, num, seed=42 + rank, autocast_dtype=autocast_dtype)
+def print_samples(model, enc, rank, autocast_dtype):
+    rows = generate(model, enc.encode(PROMPT), SAMPLE_LENGTH, NUM_SAMPLES, seed=SAMPLE_SEED + rank,
+                    autocast_dtype=autocast_dtype)
     for i, row in enumerate(rows):
         # a model with a padded vocab can (rarely, early on) sample an id the tokenizer lacks
         print(f"rank {rank} sample {i}: {enc.decode([t for t in row if t < enc.n_vocab])}", flush=True)
@@ -817,7 +821,7 @@ def train(args, preemption, lock):
                     # the uncompiled module: HellaSwag's shapes vary by example, which would recompile
                     correct, total = evaluate_hellaswag(raw_model, hellaswag_path, device, autocast_dtype,
                                                         rank, world_size)
-                    print0(f"HellaSwag accuracy: {correct}/{total}={correct / total:.4f}")
+                    print0(hellaswag.format_accuracy(correct, total))
                     if master:
                         log.write(step, "hella", correct / total)
             if (step > 0 and step % args.sample_interval == 0) or last_step:
