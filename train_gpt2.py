@@ -565,6 +565,37 @@ def load_optimizer_state(optimizer, saved):
     optimizer.load_state_dict({**saved, "param_groups": groups})
 
 
+def resume(resume_path, model, optimizer, train_loader, args, world_size, print0):
+    """Load a training checkpoint into this run's model, optimizer, data loader and RNGs; the step to start at."""
+    # onto the CPU: torch.set_rng_state takes CPU tensors only (a checkpoint mapped to cuda failed there), and
+    # load_state_dict copies the weights and the optimizer's state onto the parameters' device
+    ckpt = load_checkpoint(resume_path, map_location="cpu")
+    if missing := [key for key in ("optimizer", "step", "loader", "rng") if key not in ckpt]:
+        raise ConfigError(f"{resume_path} holds no {', '.join(missing)} to resume from (weights only?); start "
+                          f"a run from its weights with --init-from {resume_path}")
+    if ckpt["config"] != asdict(model.config):
+        raise ConfigError(f"{resume_path} holds a model of another shape ({ckpt['config']}) "
+                          f"than this run builds ({asdict(model.config)})")
+    model.load_state_dict(ckpt["model"])
+    load_optimizer_state(optimizer, ckpt["optimizer"])
+    train_loader.load_state_dict(ckpt["loader"])
+    if (skipped := train_loader.skipped_on_resume) is not None:  # another -B, -T or process count
+        saved = ckpt["loader"]
+        print0(f"note: the checkpoint read the data in micro-steps of B*T*processes = {saved['B']}*{saved['T']}*"
+               f"{saved['num_processes']} tokens, this run in {args.batch_size}*{args.seq_len}*{world_size}: it "
+               "goes on where the checkpoint stood in the token stream" +
+               (f", {skipped:,} tokens further on, where a micro-step of the new size starts" if skipped else ""))
+    set_rng_state(ckpt["rng"])
+    start_step = ckpt["step"]
+    print0(f"resumed from {resume_path} at step {start_step}")
+    if changed := changed_args(ckpt.get("args", {}), vars(args)):
+        print0(f"note: flags changed since that checkpoint was written: {changed}")
+    if start_step >= args.max_steps:
+        print0(f"nothing to train: the checkpoint is at step {start_step} and --max-steps is {args.max_steps} "
+               "(a larger --max-steps trains on, with the schedule stretched to it)")
+    return start_step
+
+
 def check_same_checkpoint(resume_path, world_size):
     """Every rank must continue from the same checkpoint. Only rank 0 writes them: on several machines without a
     shared --log-dir the others would find none (or stale ones) and train on from another step, with another
@@ -755,35 +786,8 @@ def train(args, preemption, lock):
     optimizer = model.configure_optimizers(weight_decay=args.weight_decay, learning_rate=args.max_lr,
                                            device_type=device_type, verbose=master)
 
-    start_step = 0
-    if resume_path:
-        # onto the CPU: torch.set_rng_state takes CPU tensors only (a checkpoint mapped to cuda failed there), and
-        # load_state_dict copies the weights and the optimizer's state onto the parameters' device
-        ckpt = load_checkpoint(resume_path, map_location="cpu")
-        if missing := [key for key in ("optimizer", "step", "loader", "rng") if key not in ckpt]:
-            raise ConfigError(f"{resume_path} holds no {', '.join(missing)} to resume from (weights only?); start "
-                              f"a run from its weights with --init-from {resume_path}")
-        if ckpt["config"] != asdict(model.config):
-            raise ConfigError(f"{resume_path} holds a model of another shape ({ckpt['config']}) "
-                              f"than this run builds ({asdict(model.config)})")
-        model.load_state_dict(ckpt["model"])
-        load_optimizer_state(optimizer, ckpt["optimizer"])
-        train_loader.load_state_dict(ckpt["loader"])
-        if (skipped := train_loader.skipped_on_resume) is not None:  # another -B, -T or process count
-            saved = ckpt["loader"]
-            print0(f"note: the checkpoint read the data in micro-steps of B*T*processes = {saved['B']}*{saved['T']}*"
-                   f"{saved['num_processes']} tokens, this run in {args.batch_size}*{args.seq_len}*{world_size}: it "
-                   "goes on where the checkpoint stood in the token stream" +
-                   (f", {skipped:,} tokens further on, where a micro-step of the new size starts" if skipped else ""))
-        set_rng_state(ckpt["rng"])
-        start_step = ckpt["step"]
-        print0(f"resumed from {resume_path} at step {start_step}")
-        if changed := changed_args(ckpt.get("args", {}), vars(args)):
-            print0(f"note: flags changed since that checkpoint was written: {changed}")
-        if start_step >= args.max_steps:
-            print0(f"nothing to train: the checkpoint is at step {start_step} and --max-steps is {args.max_steps} "
-                   "(a larger --max-steps trains on, with the schedule stretched to it)")
-    elif args.resume == "auto":
+    start_step = resume(resume_path, model, optimizer, train_loader, args, world_size, print0) if resume_path else 0
+    if not resume_path and args.resume == "auto":
         print0(f"no checkpoint in {args.log_dir}/ yet: starting from step 0")
 
     raw_model = model
