@@ -108,15 +108,16 @@ class DataLoaderLite:
     def reset(self):
         self._enter(epoch=0, shard=0, window=0)
 
-    def _enter(self, epoch, shard, window):
-        """Stand before `window` (a micro-step's index in the visit order) of the epoch's `shard`-th shard."""
-        self.epoch, self.shard, self.window = epoch, shard, window
+    def _enter(self, epoch, shard, window, first=0):
+        """Stand before `window` (a micro-step's index in the visit order) of the epoch's `shard`-th shard, whose
+        micro-steps start at token `first` (0 but in the shard where a resume at another size landed)."""
+        self.epoch, self.shard, self.window, self.first = epoch, shard, window, first
         self.current_shard = self._shard_order()[shard]  # index into self.shards
         # micro-step k of a shard starts at token k*micro_step_tokens and needs micro_step_tokens+1 tokens (the +1
         # is the last target), so a shard of n tokens holds (n-1)//micro_step_tokens of them. This bound is the
         # same on every rank, so all ranks move on at the same micro-step; upstream added the rank's own
         # offset to it, which moved the higher ranks on early and dropped tokens (build-nanogpt PR #109).
-        n_windows = self._windows_in(self.current_shard, self.micro_step_tokens)
+        n_windows = (self.lengths[self.current_shard] - 1 - first) // self.micro_step_tokens
         self.windows = self._window_order(self.current_shard, n_windows)
 
     # Shuffling (build-nanogpt PR #52: a fixed order repeats the same loss pattern every epoch).
@@ -139,7 +140,7 @@ class DataLoaderLite:
 
     def next_batch(self):
         B, T = self.B, self.T
-        start = self.windows[self.window] * self.micro_step_tokens + self.process_rank * B * T
+        start = self.first + self.windows[self.window] * self.micro_step_tokens + self.process_rank * B * T
         # a read of just this slice, not a slice of a long-lived np.memmap: a memory map keeps every
         # page it has touched in this process's RSS, up to the whole shard (200 MB for 100M tokens),
         # while a read keeps RSS at a few batches (benchmarks/loader_memory_bench.py measures both)
@@ -169,8 +170,9 @@ class DataLoaderLite:
 
     def state_dict(self):
         state = {key: getattr(self, key) for key in self._SETTINGS}
-        # epoch: passes completed; shard: index into the epoch's shard order; window: micro-steps already read in it
-        state.update(epoch=self.epoch, shard=self.shard, window=self.window)
+        # epoch: passes completed; shard: index into the epoch's shard order; window: micro-steps already read in it;
+        # first: the token where that shard's micro-steps start (0 unless a resume at another size landed there)
+        state.update(epoch=self.epoch, shard=self.shard, window=self.window, first=self.first)
         return state
 
     def load_state_dict(self, state):
@@ -178,20 +180,16 @@ class DataLoaderLite:
             if key not in self._STEP and state.get(key) != getattr(self, key):
                 raise DataError(f"the loader state was saved with {key}={state.get(key)!r} but this loader has "
                                 f"{key}={getattr(self, key)!r}; resume with the settings of the saved run")
+        if any(state[key] != getattr(self, key) for key in self._STEP):
+            state = self._carried_over(state)
         if not state["shard"] < len(self.shards):
             raise DataError(f"the loader state points at shard {state['shard']} but {len(self.shards)} "
                             f"{self.split} shards were found: the data folder changed since it was saved")
-        if any(state[key] != getattr(self, key) for key in self._STEP):
-            state = self._carried_over(state)
-        here = (self.epoch, self.shard, self.window)
-        self._enter(state["epoch"], state["shard"], state["window"])
+        here = (self.epoch, self.shard, self.window, self.first)
+        self._enter(state["epoch"], state["shard"], state["window"], state.get("first", 0))
         if not self.window < len(self.windows):
             self._enter(*here)
             raise self._folder_changed(state)
-
-    def _windows_in(self, shard, micro_step_tokens):
-        """How many micro-steps of this size a shard holds: each needs micro_step_tokens + 1 tokens."""
-        return (self.lengths[shard] - 1) // micro_step_tokens
 
     @staticmethod
     def _folder_changed(state):
@@ -199,30 +197,32 @@ class DataLoaderLite:
                          "holds fewer: the data folder changed since it was saved")
 
     def _carried_over(self, state):
-        """state, saved with another micro-step size (B*T*num_processes), as a position in this loader's
-        micro-steps: the same token stream, cut into micro-steps of this size from the first one that starts at
-        or after the saved position. No token is read twice; fewer than one micro-step's tokens are skipped
-        (none when the sizes divide)."""
+        """state, saved with another micro-step size (B*T*num_processes), as a position in this loader: the same
+        token stream, cut into micro-steps of this size from the very token where the saved one stood. Nothing is
+        read twice or skipped, but the end of that shard when it holds no whole micro-step of the new size."""
         old = state["B"] * state["T"] * state["num_processes"]
-        saved = f"B*T*num_processes = {state['B']}*{state['T']}*{state['num_processes']}"
         if self.shuffle:  # the shuffled unit is one micro-step's window: another size is another order altogether
-            raise DataError(f"the loader state was saved with {saved} but this loader has {self.B}*{self.T}*"
-                            f"{self.num_processes}, and a shuffled order cannot be carried over to another "
-                            "micro-step size; resume with the settings of the saved run")
-        if [path for path, n in self.all_lengths if n >= old + 1] != self.shards:
-            raise DataError(f"the loader state was saved with {saved}, at which other {self.split} shards hold a "
-                            "whole micro-step than at this loader's size; resume with the settings of the saved run")
-        if not state["window"] < self._windows_in(state["shard"], old):
+            raise DataError(f"the loader state was saved with B*T*num_processes = {state['B']}*{state['T']}*"
+                            f"{state['num_processes']} but this loader has {self.B}*{self.T}*{self.num_processes}, "
+                            "and a shuffled order cannot be carried over to another micro-step size; resume with "
+                            "the settings of the saved run")
+        # the saved shard index counts the shards that held a whole micro-step at the old size
+        then = [(path, n) for path, n in self.all_lengths if n >= old + 1]
+        if not state["shard"] < len(then):
+            raise DataError(f"the loader state points at shard {state['shard']} but {len(then)} {self.split} shards "
+                            "were found: the data folder changed since it was saved")
+        path, n = then[state["shard"]]
+        at = state.get("first", 0) + state["window"] * old  # the saved position, in tokens into that shard
+        if not at + old < n:  # the micro-step saved as next must have fitted
             raise self._folder_changed(state)
-        offset = state["window"] * old  # the saved position, in tokens into its shard
-        epoch, shard, window = state["epoch"], state["shard"], -(-offset // self.micro_step_tokens)
-        if window >= self._windows_in(shard, self.micro_step_tokens):  # no whole micro-step of this size left
-            last = shard == len(self.shards) - 1
-            epoch, shard, window = epoch + last, 0 if last else shard + 1, 0
-            self.skipped_on_resume = self.lengths[state["shard"]] - offset
-        else:
-            self.skipped_on_resume = window * self.micro_step_tokens - offset
-        return dict(state, epoch=epoch, shard=shard, window=window)
+        epoch, shard = state["epoch"], self.shards.index(path) if path in self.shards else None
+        if shard is not None and at + self.micro_step_tokens < n:
+            self.skipped_on_resume = 0
+            return dict(state, epoch=epoch, shard=shard, window=0, first=at)
+        # no whole micro-step of the new size left there: on to the next shard that holds one
+        later = [i for i, p in enumerate(self.shards) if p > path]  # self.shards is sorted by name
+        self.skipped_on_resume = n - at
+        return dict(state, epoch=epoch + (not later), shard=later[0] if later else 0, window=0, first=0)
 
 
 # -----------------------------------------------------------------------------

@@ -404,14 +404,16 @@ def _skip(documents, n):
 # -----------------------------------------------------------------------------
 # reading the input with HF datasets
 
-def file_kind(path):
-    """The extension that says how path is read: '.jsonl' for docs.jsonl and docs.jsonl.gz; '' for an
-    unknown kind (a gzipped parquet, say)."""
+def data_extension(path):
+    """The extension that says what a file holds: '.jsonl' for docs.jsonl and docs.jsonl.gz."""
     stem, ext = os.path.splitext(path.lower())
-    if ext == ".gz":
-        ext = os.path.splitext(stem)[1]
-        return ext if ext in GZIPPED else ""
-    return ext
+    return os.path.splitext(stem)[1] if ext == ".gz" else ext
+
+
+def file_kind(path):
+    """How we read path: its data_extension, or '' for a compressed kind we do not read (a gzipped parquet)."""
+    ext = data_extension(path)
+    return ext if ext in GZIPPED or not path.lower().endswith(".gz") else ""
 
 
 def open_input(path, mode="rb", **kwargs):
@@ -488,7 +490,7 @@ def open_dataset(datasets, dataset, remote_name, files, streaming, cache_dir, nu
             ds = ds.to_iterable_dataset()
     elif os.path.isdir(dataset):  # a local folder of data files
         # the data files that datasets would read: .txt ones alone make it use its text builder
-        kinds = {file_kind(f) for f in folder_files(dataset)} & DATA_EXTENSIONS
+        kinds = {data_extension(f) for f in folder_files(dataset)} & DATA_EXTENSIONS
         kwargs = dict(sample_by="document") if kinds == {".txt"} else {}  # as with --files: a .txt file is a document
         ds = datasets.load_dataset(dataset, name=remote_name, split="train", streaming=streaming,
                                    cache_dir=cache_dir, **kwargs)

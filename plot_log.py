@@ -21,6 +21,9 @@ REFERENCES = {
 }
 
 
+LOG_KINDS = (b"train", b"val", b"hella")  # train_gpt2.LOG_FORMATS's (not imported: it would import torch)
+
+
 def read_log(path):
     """{"train": ([steps], [values]), "val": ..., "hella": ...} from `{step} {kind} {value}` lines."""
     streams = defaultdict(dict)
@@ -29,7 +32,7 @@ def read_log(path):
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             parts = raw.split()
-            if len(parts) == 3 and parts[0].isdigit():
+            if len(parts) == 3 and parts[0].isdigit() and parts[1] in LOG_KINDS:
                 try:
                     parts = [p.decode("utf-8") for p in parts]
                 except UnicodeDecodeError as e:

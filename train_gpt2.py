@@ -74,6 +74,8 @@ def format_step(step, loss, lr, norm, dt_ms, tokens_per_sec):
 
 
 LOG_FORMATS = {"train": "{step} train {value:.6f}", "val": "{step} val {value:.4f}", "hella": "{step} hella {value:.4f}"}
+# a line of them as bytes, any line end: what else a log.txt holds (a note added by hand) is not a log line
+LOG_LINE = re.compile(rb"(\d+) (" + "|".join(LOG_FORMATS).encode() + rb") \S+\r?\n")
 
 
 class RunLog:
@@ -89,7 +91,7 @@ class RunLog:
         if resume_step > 0 and os.path.exists(path):
             with open(path, "rb") as f:
                 kept = [line for line in f if line.endswith(b"\n") and not (
-                    (m := re.fullmatch(rb"(\d+) \w+ \S+\n", line)) and int(m[1]) >= resume_step)]
+                    (m := LOG_LINE.fullmatch(line)) and int(m[1]) >= resume_step)]
         with open(path + ".tmp", "wb") as f:
             f.writelines(kept)
         os.replace(path + ".tmp", path)
@@ -581,10 +583,11 @@ def resume(resume_path, model, optimizer, train_loader, args, world_size, print0
     train_loader.load_state_dict(ckpt["loader"])
     if (skipped := train_loader.skipped_on_resume) is not None:  # another -B, -T or process count
         saved = ckpt["loader"]
+        where = (f"at the next shard, as the last {skipped:,} tokens of the checkpoint's are too few for a micro-step "
+                 "of the new size" if skipped else "from the very token where the checkpoint stood")
         print0(f"note: the checkpoint read the data in micro-steps of B*T*processes = {saved['B']}*{saved['T']}*"
                f"{saved['num_processes']} tokens, this run in {args.batch_size}*{args.seq_len}*{world_size}: it "
-               "goes on where the checkpoint stood in the token stream" +
-               (f", {skipped:,} tokens further on, where a micro-step of the new size starts" if skipped else ""))
+               f"goes on {where}")
     set_rng_state(ckpt["rng"])
     start_step = ckpt["step"]
     print0(f"resumed from {resume_path} at step {start_step}")

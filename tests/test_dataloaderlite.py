@@ -153,7 +153,7 @@ def test_state_dict_holds_only_plain_python_values_and_is_the_same_on_every_rank
     assert all(type(v) in (int, str, bool) for v in states[0].values())
     assert all(s == states[0] for s in states)
     assert states[0] == dict(B=B, T=T, num_processes=4, split="train", shuffle=True, seed=1337,
-                             epoch=1, shard=0, window=2)  # 9 steps an epoch, then 2
+                             epoch=1, shard=0, window=2, first=0)  # 9 steps an epoch, then 2
 
 
 @pytest.mark.parametrize("key, change", [("shuffle", dict(shuffle=True)), ("seed", dict(seed=7, shuffle=True))])
@@ -164,37 +164,75 @@ def test_resuming_with_other_settings_is_refused_by_name(tmp_path, key, change):
         loader(tmp_path, **{"world": 2, **change}).load_state_dict(state)
 
 
-@pytest.mark.parametrize("old, new", [(dict(B=2, world=2), dict(B=1, world=2)),   # steps of 16 tokens -> 8: they divide
-                                      (dict(B=2, world=1), dict(B=2, world=2)),   # 8 -> 16
-                                      (dict(B=2, world=1), dict(B=3, world=1))])  # 8 -> 12
-@pytest.mark.parametrize("stop", [3, 5, 11, 30])
-def test_a_resume_with_another_step_size_continues_the_same_token_stream(tmp_path, old, new, stop):
-    # a smaller B after running out of memory, or another GPU count: the loader goes on where the saved one
-    # stood, in steps of the new size, from the first that starts at or after that position
-    write_shards(tmp_path)
+def continued(tmp_path, old, new, stop, lengths=LENGTHS, spans=12):
+    """Where a loader of size `old` stood after `stop` micro-steps (the token it would read next: shard*1000 +
+    offset), and the micro-steps a loader of size `new` reads after resuming its state: one span of tokens each,
+    all ranks together (tokens name their place)."""
+    write_shards(tmp_path, lengths)
     first = loader(tmp_path, B=old["B"], world=old["world"])
     stream(first, stop)
     state = first.state_dict()
-    at = first.next_batch()[0][0, 0].item()  # where the saved run would have read next: shard*1000 + offset
+    at = first.next_batch()[0][0, 0].item()
     ranks = [loader(tmp_path, B=new["B"], rank=r, world=new["world"]) for r in range(new["world"])]
     for dl in ranks:
         dl.load_state_dict(state)
+    reads = [torch.cat([x.flatten() for x, _ in (dl.next_batch() for dl in ranks)]) for _ in range(spans)]
+    return at, reads, ranks[0]
+
+
+@pytest.mark.parametrize("old, new", [(dict(B=2, world=2), dict(B=1, world=2)),   # steps of 16 tokens -> 8
+                                      (dict(B=2, world=1), dict(B=2, world=2)),   # 8 -> 16
+                                      (dict(B=2, world=1), dict(B=3, world=1)),   # 8 -> 12
+                                      (dict(B=1, world=1), dict(B=5, world=1))])  # 4 -> 20
+@pytest.mark.parametrize("stop", [3, 5, 11, 17, 30])
+def test_a_resume_with_another_step_size_continues_the_same_token_stream(tmp_path, old, new, stop):
+    # a smaller B after running out of memory, or another GPU count: the loader goes on from the very token where
+    # the saved one stood, in micro-steps of the new size
+    at, reads, dl = continued(tmp_path, old, new, stop)
     step = new["B"] * T * new["world"]
-    # each step, the ranks together read one contiguous span of `step` tokens (tokens name their place)
-    spans = [torch.cat([x.flatten() for x, _ in (dl.next_batch() for dl in ranks)]) for _ in range(12)]
-    for span in spans:
-        assert torch.equal(span, span[0] + torch.arange(step)) and span[0] % 1000 % step == 0
-    start = spans[0][0].item()
-    skipped = ranks[0].skipped_on_resume
-    if start // 1000 == at // 1000:  # on in the same shard: less than one step skipped, none if the sizes divide
-        assert 0 <= start - at == skipped < step
-        if (old["B"] * T * old["world"]) % step == 0:
-            assert skipped == 0
-    else:  # no whole step of the new size was left in that shard
-        assert start == (at // 1000 + 1) % len(LENGTHS) * 1000 and skipped == LENGTHS[at // 1000] - at % 1000
-        assert LENGTHS[at // 1000] - 1 - at % 1000 < step
-    for a, b in zip(spans, spans[1:]):  # then step after step, on to the next shard where one ends
-        assert b[0] == a[0] + step or (b[0] % 1000 == 0 and LENGTHS[a[0] // 1000] - 1 - (a[0] % 1000 + step) < step)
+    shard, offset = divmod(at, 1000)
+    if offset + step < LENGTHS[shard]:  # a whole micro-step of the new size fits: nothing skipped
+        assert reads[0][0] == at and dl.skipped_on_resume == 0
+    else:  # only the end of that shard is skipped, fewer tokens than a micro-step needs
+        assert reads[0][0] == (shard + 1) % len(LENGTHS) * 1000 and dl.skipped_on_resume == LENGTHS[shard] - offset
+    for a, b in zip(reads, reads[1:]):
+        assert torch.equal(b, b[0] + torch.arange(step))  # one contiguous span a micro-step
+        shard, offset = divmod(a[0].item(), 1000)
+        if offset + 2 * step < LENGTHS[shard]:
+            assert b[0] == a[0] + step  # then step after step, with nothing left out
+        else:
+            assert b[0] == (shard + 1) % len(LENGTHS) * 1000  # to the next shard where a shard ends
+
+
+def test_a_resume_at_a_size_at_which_another_shard_is_too_short_maps_the_shard_by_its_file(tmp_path):
+    # a step of 8 tokens reads all 3 shards; one of 80 (world 10) skips the 75-token shard 1, so the saved shard
+    # index (into the shards that hold a micro-step) points at another file at the new size
+    # (micro-steps read, where the saved loader stood, where the resumed one starts, tokens skipped)
+    cases = [(1, 8, 8, 0),                # in shard 0, 80 tokens (+1) still fit: from that very token
+             (5, 40, 2000, 100 - 40),     # shard 0's 60 tokens left hold no micro-step, nor does shard 1: shard 2
+             (13, 1008, 2000, 75 - 8),    # in shard 1, too short at the new size: on to shard 2
+             (23, 2016, 2016, 0)]         # in shard 2 (index 2 then, 1 now)
+    for stop, at_then, starts, skipped in cases:
+        at, reads, dl = continued(tmp_path / str(stop), dict(B=2, world=1), dict(B=2, world=10), stop, spans=2)
+        assert (at, reads[0][0].item(), dl.skipped_on_resume) == (at_then, starts, skipped), stop
+
+
+def test_a_resumed_loader_at_another_size_saves_and_resumes_again_exactly(tmp_path):
+    write_shards(tmp_path)
+    first = loader(tmp_path, B=2)
+    stream(first, 7)  # 56 tokens into shard 0: not a whole number of the new 12-token micro-steps
+    resized = loader(tmp_path, B=3)
+    resized.load_state_dict(first.state_dict())
+    stream(resized, 2)
+    state = resized.state_dict()
+    assert state["first"] == 56 and state["window"] == 2
+    uninterrupted = stream(resized, 10)
+    again = loader(tmp_path, B=3)
+    again.load_state_dict(state)
+    assert same(stream(again, 10), uninterrupted)
+    other = loader(tmp_path, B=1)  # and on to a third size, from the very token
+    other.load_state_dict(state)
+    assert other.next_batch()[0][0, 0].item() == 56 + 2 * 12
 
 
 def test_a_shuffled_loader_refuses_another_step_size_on_resume(tmp_path):

@@ -162,9 +162,13 @@ def test_notes_added_to_a_log_by_hand_are_skipped_whatever_bytes_they_hold(tmp_p
     import plot_log
     plain, noted = tmp_path / "plain.txt", tmp_path / "noted.txt"
     plain.write_bytes(b"0 val 10.9000\n0 train 10.9\n1 train 10.8\n")
-    noted.write_bytes(b"0 val 10.9000\n# lr 6e-4, caf\xe9 wifi\n0 train 10.9\nresumed on node 2 here\n1 train 10.8\n")
+    noted.write_bytes(b"0 val 10.9000\n# lr 6e-4, caf\xe9 wifi\n0 train 10.9\nresumed on node 2 here\n8 lr halved\n"
+                      b"1 train 10.8\n")
     assert plot_log.read_log(str(noted)) == plot_log.read_log(str(plain)) == {
         "val": ([0], [10.9]), "train": ([0, 1], [10.9, 10.8])}
+    # a log line is one of train_gpt2's kinds, here as there
+    import train_gpt2
+    assert [k.decode() for k in plot_log.LOG_KINDS] == list(train_gpt2.LOG_FORMATS)
 
 
 def test_plot_script_says_what_the_file_is_when_it_is_no_log(tmp_path):

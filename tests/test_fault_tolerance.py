@@ -537,10 +537,14 @@ def test_log_txt_rewrite_drops_the_resumed_step_and_later_and_keeps_notes_and_st
     # not log lines (a note, a line edited by hand, a byte that is not UTF-8) stay, byte for byte
     path = tmp_path / "log.txt"
     path.write_bytes(b"0 train 10.9\n# lr too high? \xff\n1 train 10.8 edited\n1 train 10.8\n2 val 10.7000\n"
-                     b"restarted on node 3\n2 train 10.7\n12 train 1\n3 train 1\n")
+                     b"restarted on node 3\n5 spike seen\n2 train 10.7\n12 train 1\n3 train 1\n")
     train_gpt2.RunLog(str(path), resume_step=2)
     assert path.read_bytes() == (b"0 train 10.9\n# lr too high? \xff\n1 train 10.8 edited\n1 train 10.8\n"
-                                 b"restarted on node 3\n")
+                                 b"restarted on node 3\n5 spike seen\n")
+    # a log saved with Windows line ends: its lines are log lines all the same
+    path.write_bytes(b"0 train 10.7\r\n# a note\r\n1 train 10.6\r\n2 train 10.5\r\n3 train 10.4\r\n")
+    train_gpt2.RunLog(str(path), resume_step=2)
+    assert path.read_bytes() == b"0 train 10.7\r\n# a note\r\n1 train 10.6\r\n"
 
 
 def test_a_full_disk_while_appending_to_log_txt_names_the_file(tmp_path):

@@ -457,7 +457,7 @@ def test_a_resume_with_a_smaller_batch_size_goes_on_with_the_same_tokens(data_ro
     result = run_ok(tiny(data_root, tmp_path, *REFERENCE, "--resume", checkpoint, "-B", "2"))
     assert "note: flags changed since that checkpoint was written: --batch-size 4 -> 2" in result.stdout
     assert "note: the checkpoint read the data in micro-steps of B*T*processes = 4*32*1 tokens, this run in 2*32*1: " \
-           "it goes on where the checkpoint stood in the token stream\n" in result.stdout
+           "it goes on from the very token where the checkpoint stood\n" in result.stdout
     assert "gradient accumulation steps: 4" in result.stdout
     expected, resumed = step_fields(reference_stdout), step_fields(result.stdout)
     assert sorted(resumed) == list(range(4, 12))
