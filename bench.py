@@ -49,6 +49,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
@@ -451,12 +452,28 @@ def run_config(job, log, measured=lambda result: None):
     return result
 
 
+def exit_with_parent():
+    """The worker has a session of its own, so that a timeout kills its compile workers with it; but then nothing
+    stops it when bench.py itself is killed (SIGKILL, the OOM killer, a test's timeout: two workers once went on
+    profiling for half an hour). So it watches its parent, and takes its process group down when that is gone."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def worker_main(job_json):
+    exit_with_parent()
     job = json.loads(job_json)
     log = lambda msg: print(f"  [{job['name']}] {msg}", flush=True)
     device = torch.device(job["device"])
     out = dict(device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
                torch=torch.__version__, cuda=torch.version.cuda)
+
     def write(result):
         with open(job["result_path"], "w") as f:
             json.dump(result, f)

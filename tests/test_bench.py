@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -251,6 +252,39 @@ def test_a_profile_cut_off_by_the_timeout_keeps_the_timing_measured_before_it(tm
     assert line["status"] == "ok" and line["tok_per_s"] > 0 and line["steps_timed"] == 2
     assert line["profile_error"] == "the profile did not finish (killed at the time limit)"
     assert table_rows(r.stdout)["baseline"][-1] == "ok" and not (tmp_path / "trace.txt").exists()
+
+
+def test_the_worker_dies_with_bench_py_when_bench_py_is_killed(tmp_path):
+    # the worker has its own session (a timeout kills its compile workers with it); a SIGKILL of bench.py used to
+    # leave it running: a test's timeout once left two workers profiling for half an hour
+    cmd = [sys.executable, os.path.join(ROOT, "bench.py"), *TINY, "--configs", "baseline", "--profile",
+           str(tmp_path / "trace.json"), "--profile-steps", "1000000", "--results", str(tmp_path / "r.jsonl")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:  # the worker prints here: wait until it is profiling
+            if "timed step 2/2" in line:
+                break
+        workers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if alive(pid) and
+                   str(tmp_path) in open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")]
+        assert len(workers) == 2  # bench.py and its worker
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 30
+        while any(alive(pid) for pid in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(pid) for pid in workers)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def alive(pid):
+    """A process that runs (not gone, nor a zombie that nothing has reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
