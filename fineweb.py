@@ -4,7 +4,7 @@ FineWeb-Edu -> GPT-2 tokens -> uint16 shards, the training data of GPT-2 (124M).
 Every document is tokenized with the GPT-2 tokenizer and preceded by <|endoftext|>, the
 tokens are concatenated, and the stream is cut into shards of 100M tokens saved with np.save
 as uint16 (50,257 < 2**16, so half the bytes of int32). Shard 0 is the validation split, the
-rest is train; the last shard holds whatever is left. The data loader globs the result.
+rest is train; the last shard holds whatever is left. dataloaderlite.py reads them by name.
 
     python fineweb.py                          # FineWeb-Edu sample-10BT -> edu_fineweb10B/ (~100 shards)
     python fineweb.py --remote-name sample-100BT --local-dir edu_fineweb100B --streaming
@@ -96,6 +96,9 @@ def encode_ordinary(enc, text):
         return np.array(enc.encode_ordinary(text), dtype=np.uint32)
 
 
+_EOT = np.array([EOT], dtype=np.uint32)
+
+
 def tokenize_batch(texts):
     """A list of documents -> one uint16 array: <|endoftext|> + encode_ordinary(doc) for each, in order."""
     enc = get_encoding()  # cached per process; under spawn each worker loads it once
@@ -108,8 +111,6 @@ def tokenize_batch(texts):
         raise ValueError(f"token id {tokens.max()} does not fit uint16")  # a bug, not a user error
     return tokens.astype(np.uint16)
 
-
-_EOT = np.array([EOT], dtype=np.uint32)
 
 
 def _task_batches(documents, start=0):
@@ -416,14 +417,6 @@ def file_kind(path):
     return ext if ext in GZIPPED or not path.lower().endswith(".gz") else ""
 
 
-def open_input(path, mode="rb", **kwargs):
-    """An input file for our own checks (explain_read_error), decompressed as datasets reads it."""
-    return (gzip.open if path.lower().endswith(".gz") else open)(path, mode, **kwargs)
-
-
-GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)  # not gzip at all; cut short; corrupt inside
-
-
 def resolve_files(patterns):
     """Expands globs (sorted, so that the order of documents does not depend on the file system)."""
     files = []
@@ -566,6 +559,17 @@ def datasets_progress(shown):
     finally:
         for lib in turned_off:
             lib.enable_progress_bars()
+
+
+# -----------------------------------------------------------------------------
+# a broken input file, named: datasets' errors say neither which file nor which line
+
+GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)  # not gzip at all; cut short; corrupt inside
+
+
+def open_input(path, mode="rb", **kwargs):
+    """An input file for our own checks (explain_read_error), decompressed as datasets reads it."""
+    return (gzip.open if path.lower().endswith(".gz") else open)(path, mode, **kwargs)
 
 
 def input_files(dataset, files):

@@ -198,22 +198,11 @@ class GPT(nn.Module):
             first_line = (str(e).strip().splitlines() or [""])[0]
             raise ValueError(f"could not load {name_or_dir!r} with transformers ({type(e).__name__}: "
                              f"{first_line})") from e
+        _check_plain_gpt2(hf, info, name_or_dir)
         c = hf.config
-        if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh") or c.scale_attn_by_inverse_layer_idx \
-                or c.reorder_and_upcast_attn or not c.scale_attn_weights or abs(c.layer_norm_epsilon - 1e-5) > 1e-12 \
-                or c.n_inner not in (None, 4 * c.n_embd) or not c.tie_word_embeddings:
-            raise ValueError(f"{name_or_dir!r} is a GPT-2 variant this model does not implement (activation, "
-                             "attention scaling, LayerNorm epsilon, MLP width or untied output weights differ)")
-        # transformers fills weights missing from the files with random ones, and only says so in its log
-        absent = sorted(k for k in info["missing_keys"]
-                        if not k.endswith((".attn.bias", ".attn.masked_bias", "lm_head.weight")))
-        if absent:
-            raise ValueError(f"{name_or_dir!r} lacks weights of GPT-2 ({', '.join(absent[:3])}"
-                             f"{', ...' if len(absent) > 3 else ''}): it is not a whole GPT-2 checkpoint")
-        config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size,
-                           n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd)
-        model = cls(config)
-        model.load_state_dict(_from_hf_state_dict(hf.state_dict()))
+        model = cls(GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size,
+                              n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd))
+        model.load_state_dict(_from_hf_state_dict(hf.state_dict()))  # the same weights, Conv1D ones transposed
         return model
 
     @classmethod
@@ -293,6 +282,22 @@ def _from_hf_state_dict(sd_hf):
             continue
         sd[k] = v.t().contiguous() if k.endswith(_CONV1D) else v
     return sd
+
+
+def _check_plain_gpt2(hf, info, name):
+    """A ValueError unless the transformers model `hf` is GPT-2 as our GPT implements it, all its weights loaded."""
+    c = hf.config
+    if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh") or c.scale_attn_by_inverse_layer_idx \
+            or c.reorder_and_upcast_attn or not c.scale_attn_weights or abs(c.layer_norm_epsilon - 1e-5) > 1e-12 \
+            or c.n_inner not in (None, 4 * c.n_embd) or not c.tie_word_embeddings:
+        raise ValueError(f"{name!r} is a GPT-2 variant this model does not implement (activation, "
+                         "attention scaling, LayerNorm epsilon, MLP width or untied output weights differ)")
+    # transformers fills weights missing from the files with random ones, and only says so in its log
+    absent = sorted(k for k in info["missing_keys"]
+                    if not k.endswith((".attn.bias", ".attn.masked_bias", "lm_head.weight")))
+    if absent:
+        raise ValueError(f"{name!r} lacks weights of GPT-2 ({', '.join(absent[:3])}"
+                         f"{', ...' if len(absent) > 3 else ''}): it is not a whole GPT-2 checkpoint")
 
 
 def export_hf(model, out_dir, vocab_size=VOCAB_SIZE):
