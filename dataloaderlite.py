@@ -166,7 +166,7 @@ class DataLoaderLite:
     # is the same on every rank (rank r only adds r*B*T inside a micro-step), so rank 0's state resumes all.
 
     _SETTINGS = ("B", "T", "num_processes", "split", "shuffle", "seed")
-    _STEP = ("B", "T", "num_processes")  # these may change on a resume (a smaller B after running out of memory)
+    _MICRO_STEP = ("B", "T", "num_processes")  # these may change on a resume (a smaller B after running out of memory)
 
     def state_dict(self):
         state = {key: getattr(self, key) for key in self._SETTINGS}
@@ -177,10 +177,10 @@ class DataLoaderLite:
 
     def load_state_dict(self, state):
         for key in self._SETTINGS:
-            if key not in self._STEP and state.get(key) != getattr(self, key):
+            if key not in self._MICRO_STEP and state.get(key) != getattr(self, key):
                 raise DataError(f"the loader state was saved with {key}={state.get(key)!r} but this loader has "
                                 f"{key}={getattr(self, key)!r}; resume with the settings of the saved run")
-        if any(state[key] != getattr(self, key) for key in self._STEP):
+        if any(state[key] != getattr(self, key) for key in self._MICRO_STEP):
             state = self._carried_over(state)
         if not state["shard"] < len(self.shards):
             raise DataError(f"the loader state points at shard {state['shard']} but {len(self.shards)} "
