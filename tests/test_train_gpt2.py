@@ -628,7 +628,8 @@ def test_bad_sizes_stop_with_one_error_line(data_root, tmp_path, capsys, extra, 
     ("int32 shard", r"edufineweb_train_000001.npy is not a 1-D uint16 token array: dtype int32, shape \(\d+,\)$"),
     ("2-D shard", r"edufineweb_train_000001.npy is not a 1-D uint16 token array: dtype uint16, shape \(\d+, 2\)$"),
     ("truncated shard", r"edufineweb_train_000001.npy cannot be loaded as a .npy array \(.*\): it is truncated or "
-                        r"not a shard; delete it and run `python fineweb.py` again$"),
+                        r"not a shard; delete it and rerun the fineweb.py command that made it \(it rewrites only "
+                        r"what is missing\)$"),
 ])
 def test_bad_data_folders_stop_with_one_error_line(data_root, tmp_path, capsys, case, expected):
     folder = tmp_path / "data"
