@@ -102,10 +102,10 @@ class DataLoaderLite:
             print(f"found {len(shards)} shards for split {split}")
             for path, n in short:
                 print(f"skipping {path}: its {n:,} tokens are fewer than one micro-step needs ({need_text})")
-        self.skipped_on_resume = None  # tokens skipped to carry a saved position over to another micro-step size
         self.reset()
 
     def reset(self):
+        self.skipped_on_resume = None
         self._enter(epoch=0, shard=0, window=0)
 
     def _enter(self, epoch, shard, window, first=0):
@@ -180,7 +180,12 @@ class DataLoaderLite:
             if key not in self._MICRO_STEP and state.get(key) != getattr(self, key):
                 raise DataError(f"the loader state was saved with {key}={state.get(key)!r} but this loader has "
                                 f"{key}={getattr(self, key)!r}; resume with the settings of the saved run")
-        if any(state[key] != getattr(self, key) for key in self._MICRO_STEP):
+        for key in ("epoch", "shard", "window", "first"):
+            if not (isinstance(state.get(key, 0), int) and state.get(key, 0) >= 0):
+                raise DataError(f"the loader state's {key} is {state.get(key)!r}, not a count: it is damaged")
+        self.skipped_on_resume = None  # tokens skipped to carry the saved position over to another micro-step size
+        # the same micro-step size split otherwise (4 GPUs at B=32 after 8 at B=16) reads the same spans: as saved
+        if state["B"] * state["T"] * state["num_processes"] != self.micro_step_tokens:
             state = self._carried_over(state)
         if not state["shard"] < len(self.shards):
             raise DataError(f"the loader state points at shard {state['shard']} but {len(self.shards)} "

@@ -235,6 +235,45 @@ def test_a_resumed_loader_at_another_size_saves_and_resumes_again_exactly(tmp_pa
     assert other.next_batch()[0][0, 0].item() == 56 + 2 * 12
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_the_same_micro_step_split_otherwise_resumes_as_saved(tmp_path, shuffle):
+    # 2 ranks at B=2 and 1 process at B=4 read the same 16-token spans (fewer GPUs, a larger B): shuffled too
+    write_shards(tmp_path)
+    ranks = [loader(tmp_path, B=2, rank=r, world=2, shuffle=shuffle) for r in range(2)]
+    for _ in range(7):
+        for dl in ranks:
+            dl.next_batch()
+    one = loader(tmp_path, B=4, world=1, shuffle=shuffle)
+    one.load_state_dict(ranks[0].state_dict())
+    for _ in range(20):  # into the next epoch
+        span = torch.cat([x.flatten() for x, _ in (dl.next_batch() for dl in ranks)])
+        assert torch.equal(one.next_batch()[0].flatten(), span)
+    assert one.skipped_on_resume is None
+
+
+def test_a_damaged_loader_state_is_refused_by_name(tmp_path):
+    write_shards(tmp_path)
+    state = loader(tmp_path).state_dict()
+    for key, value in [("shard", -1), ("window", -1), ("first", -5), ("epoch", 1.5)]:
+        for size in (2, 3):  # at the saved B and at another
+            with pytest.raises(DataError, match=f"the loader state's {key} is {value}, not a count: it is damaged"):
+                loader(tmp_path, B=size).load_state_dict(dict(state, **{key: value}))
+
+
+def test_tokens_skipped_on_resume_are_said_for_that_resume_only(tmp_path):
+    write_shards(tmp_path)
+    first = loader(tmp_path)
+    stream(first, 11)  # 88 tokens into shard 0, of 100: a micro-step of 16 (+1) no longer fits there
+    resized = loader(tmp_path, world=2)
+    resized.load_state_dict(first.state_dict())
+    assert resized.skipped_on_resume == 12
+    resized.load_state_dict(resized.state_dict())  # a resume at its own size skips nothing
+    assert resized.skipped_on_resume is None
+    resized.load_state_dict(first.state_dict())
+    resized.reset()
+    assert resized.skipped_on_resume is None
+
+
 def test_a_shuffled_loader_refuses_another_step_size_on_resume(tmp_path):
     write_shards(tmp_path)
     state = loader(tmp_path, world=2, shuffle=True).state_dict()
