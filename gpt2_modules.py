@@ -13,6 +13,7 @@ as the lecture's code for the same torch.manual_seed.
 
 import argparse
 import inspect
+import logging
 import os
 import re
 import sys
@@ -188,16 +189,26 @@ class GPT(nn.Module):
             raise ValueError(f"unknown pretrained model {name_or_dir!r}: expected one of "
                              f"{', '.join(MODEL_SIZES)} or a folder written by save_pretrained")
         from transformers import GPT2LMHeadModel  # after the check: a typo should not wait on this import
+        # without a network the hub client retries for ~30 s, logging a "Retrying in 8s" and a "... thrown while
+        # requesting" line each time: the error line below says it all
+        hub_logs = [logging.getLogger(name) for name in ("huggingface_hub.utils._http", "huggingface_hub.hf_api")]
+        levels = [log.level for log in hub_logs]
+        for log in hub_logs:
+            log.setLevel(logging.ERROR)
         try:
             hf, info = GPT2LMHeadModel.from_pretrained(name_or_dir, output_loading_info=True)
         except OSError as e:  # transformers reports an unreachable hub or a broken folder as OSError
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            quick = "" if os.environ.get("HF_HUB_OFFLINE") else " (and set HF_HUB_OFFLINE=1 to skip the retries)"
             raise ValueError(f"could not load {name_or_dir!r} with transformers ({first_line}); offline, "
-                             "pass a local folder written by save_pretrained instead") from e
+                             f"pass a local folder written by save_pretrained instead{quick}") from e
         except Exception as e:  # a weights file cut short (safetensors' SafetensorError), a config of another model
             first_line = (str(e).strip().splitlines() or [""])[0]
             raise ValueError(f"could not load {name_or_dir!r} with transformers ({type(e).__name__}: "
                              f"{first_line})") from e
+        finally:
+            for log, level in zip(hub_logs, levels):
+                log.setLevel(level)
         _check_plain_gpt2(hf, info, name_or_dir)
         c = hf.config
         model = cls(GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size,

@@ -383,6 +383,23 @@ def test_cli_reports_bad_model_in_one_line_without_traceback(tmp_path, kind):
         assert all(name in line for name in MODEL_SIZES)
 
 
+@pytest.mark.slow
+def test_an_unreachable_hub_is_one_error_line_that_says_how_to_skip_the_retries(tmp_path):
+    # a machine without network: the hub client retries for ~30 s, and logged two lines per try before ours
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed once the with ends: every request is refused
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf_home"))
+    result = subprocess.run([sys.executable, "gpt2_modules.py", "sample", "--model", "gpt2"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    line = assert_one_error_line(result)
+    assert line.startswith("error: could not load 'gpt2' with transformers (") and line.endswith(
+        "; offline, pass a local folder written by save_pretrained instead (and set HF_HUB_OFFLINE=1 to skip the "
+        "retries)")
+
+
 def test_openai_name_offline_raises_value_error_suggesting_local_folder(tmp_path):
     # a fresh, empty HF cache so a previously downloaded gpt2 cannot make this pass by accident;
     # one process for both checks (HF_HUB_OFFLINE is read at import), main() being what the CLI runs
