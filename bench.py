@@ -525,22 +525,19 @@ def run_in_process(job, timeout, limit="--timeout"):
         if held:
             signal.raise_signal(held[0])
         rc = proc.wait(timeout=timeout)
+        no_result = dict(status="crashed", error=f"the worker exited with code {rc} without a result")
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        try:  # killed while profiling: the timing it wrote before the profile stands
-            with open(job["result_path"]) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return dict(status="timeout", error=f"killed after {round(timeout, 1):g} s ({limit})")
+        no_result = dict(status="timeout", error=f"killed after {round(timeout, 1):g} s ({limit})")
     finally:  # this run interrupted or terminated: the worker, in its own session, must not outlive it
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    try:
+    try:  # also after a timeout: one killed while profiling wrote its timing before the profile
         with open(job["result_path"]) as f:
             return json.load(f)
     except (OSError, ValueError):
-        return dict(status="crashed", error=f"the worker exited with code {rc} without a result")
+        return no_result
 
 
 def machine_info(device_name):

@@ -188,13 +188,16 @@ class DataLoaderLite:
         if state["B"] * state["T"] * state["num_processes"] != self.micro_step_tokens:
             state = self._carried_over(state)
         if not state["shard"] < len(self.shards):
-            raise DataError(f"the loader state points at shard {state['shard']} but {len(self.shards)} "
-                            f"{self.split} shards were found: the data folder changed since it was saved")
+            raise self._shard_gone(state, len(self.shards))
         here = (self.epoch, self.shard, self.window, self.first)
         self._enter(state["epoch"], state["shard"], state["window"], state.get("first", 0))
         if not self.window < len(self.windows):
             self._enter(*here)
             raise self._folder_changed(state)
+
+    def _shard_gone(self, state, found):
+        return DataError(f"the loader state points at shard {state['shard']} but {found} {self.split} shards were "
+                         "found: the data folder changed since it was saved")
 
     @staticmethod
     def _folder_changed(state):
@@ -214,8 +217,7 @@ class DataLoaderLite:
         # the saved shard index counts the shards that held a whole micro-step at the old size
         then = [(path, n) for path, n in self.all_lengths if n >= old + 1]
         if not state["shard"] < len(then):
-            raise DataError(f"the loader state points at shard {state['shard']} but {len(then)} {self.split} shards "
-                            "were found: the data folder changed since it was saved")
+            raise self._shard_gone(state, len(then))
         path, n = then[state["shard"]]
         at = state.get("first", 0) + state["window"] * old  # the saved position, in tokens into that shard
         if not at + old < n:  # the micro-step saved as next must have fitted
