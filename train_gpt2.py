@@ -863,11 +863,13 @@ def train(args, preemption, lock):
             # a non-finite gradient norm means this update wrote NaNs into the weights, even with a finite loss
             check_finite("loss", loss_value, step, args.log_dir)
             check_finite("gradient norm", norm_value, step, args.log_dir)
+            # before the step's line: a Ctrl-C right after that line (between it and this, it quit at once as if
+            # no step had ended, as a CI run caught) must stop after the step with a checkpoint
+            preemption.step_ended = True
             tokens_per_sec = B * T * grad_accum_steps * world_size / dt
             print0(format_step(step, loss_value, lr, norm_value, dt * 1000, tokens_per_sec), flush=True)
             if master:
                 log.write(step, "train", loss_value)
-            preemption.step_ended = True
 
             # a checkpoint at the end of this step if it is time, or if a signal or --stop-after ends this job
             signum = preemption.agreed(device, world_size)
