@@ -28,6 +28,8 @@ import sys
 import numpy as np
 import torch
 
+from fineweb import LOCAL_DIR, PREFIX
+
 
 class DataError(ValueError):
     """A problem with the shards or the loader's arguments that the user can fix; the message says how."""
@@ -42,7 +44,7 @@ def find_shards(data_root, split):
     pattern = re.compile(rf"[^.].*_{re.escape(split)}_\d{{6}}\.npy")
     names = sorted(n for n in os.listdir(data_root) if pattern.fullmatch(n)) if os.path.isdir(data_root) else []
     if not names:
-        raise DataError(f"no shards for split {split!r} in {data_root}/ (files like edufineweb_{split}_000000.npy): "
+        raise DataError(f"no shards for split {split!r} in {data_root}/ (files like {PREFIX}_{split}_000000.npy): "
                         f"make them with `python fineweb.py` (or `python fineweb.py --files ...` for local text)")
     return [os.path.join(data_root, name) for name in names]
 
@@ -66,7 +68,7 @@ def read_header(path):
 
 class DataLoaderLite:
 
-    def __init__(self, B, T, process_rank, num_processes, split, data_root="edu_fineweb10B",
+    def __init__(self, B, T, process_rank, num_processes, split, data_root=LOCAL_DIR,
                  shuffle=False, seed=1337, device="cpu", verbose=True):
         if B <= 0 or T <= 0:
             raise DataError(f"B and T must be positive, got B={B}, T={T}")
@@ -237,8 +239,8 @@ class DataLoaderLite:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data_root", nargs="?", default="edu_fineweb10B",
-                        help="the folder fineweb.py wrote (default: edu_fineweb10B, as train_gpt2.py's --data-root)")
+    parser.add_argument("data_root", nargs="?", default=LOCAL_DIR,
+                        help="the folder fineweb.py wrote (default: %(default)s, as train_gpt2.py's --data-root)")
     args = parser.parse_args(argv)
     try:
         for split in ("val", "train"):

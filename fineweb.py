@@ -37,6 +37,7 @@ from tqdm import tqdm
 from gpt2_tokenizer import EOT, TokenizerUnavailable, get_encoding
 
 DEFAULT_DATASET, DEFAULT_REMOTE_NAME = "HuggingFaceFW/fineweb-edu", "sample-10BT"  # the lecture's 10B tokens
+LOCAL_DIR = "edu_fineweb10B"  # the lecture's folder: where the shards go, and where the loader looks by default
 PREFIX = "edufineweb"      # file names are PREFIX_{val|train}_{index:06d}.npy whatever the dataset
 MANIFEST = "manifest.json"
 TASK_CHARS = 1 << 20       # ~1 MB of text per worker task: a few hundred web documents, ~50 ms of work
@@ -649,6 +650,15 @@ def gzip_problem(path):
     return None
 
 
+def check_no_empty_gzip(paths):
+    """No gzip file has 0 bytes (its header and trailer alone take 18), yet gzip, and so datasets, reads one
+    as empty text: it is a download or a copy that never got going, and would pass silently."""
+    for path in paths:
+        if path.lower().endswith(".gz") and os.path.getsize(path) == 0:
+            raise FinewebError(f"{path} is empty (0 bytes), so not a gzip file (a download or copy that failed?); "
+                               "compress it again or leave it out")
+
+
 def first_non_utf8(path, chunk=1 << 20):
     """(offset, byte) of the first byte of path that is not UTF-8, or None; reads a chunk at a time, as
     a corpus file can be larger than memory."""
@@ -696,7 +706,7 @@ def parse_args(argv=None):
                      help="where datasets keeps downloads and Arrow files (default: $HF_DATASETS_CACHE or "
                           "~/.cache/huggingface/datasets)")
     out = parser.add_argument_group("output")
-    out.add_argument("--local-dir", default="edu_fineweb10B",
+    out.add_argument("--local-dir", default=LOCAL_DIR,
                      help="folder for the shards and manifest.json (default: %(default)s)")
     out.add_argument("--shard-size", default=str(10**8),
                      help="tokens per shard, a whole number such as 100000000 or 1e8; 1e8 = 200 MB of uint16 "
@@ -774,11 +784,14 @@ def source_config(args):
     """What determines the token stream, recorded in the manifest: a rerun must match it to resume."""
     if args.files:
         files, _ = resolve_files(args.files)
+        check_no_empty_gzip(files)
         return dict(dataset=None, remote_name=None, text_column=args.text_column, files=list(map(file_record, files)))
     if os.path.isdir(args.dataset):  # a local folder: its files too, for the same reason
         dataset = os.path.abspath(args.dataset)
+        files = folder_files(dataset)
+        check_no_empty_gzip([f for f in files if data_extension(f) in DATA_EXTENSIONS])
         return dict(dataset=dataset, remote_name=args.remote_name, text_column=args.text_column,
-                    files=list(map(file_record, folder_files(dataset))))
+                    files=list(map(file_record, files)))
     return dict(dataset=args.dataset, remote_name=args.remote_name, text_column=args.text_column, files=None)
 
 

@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dataloaderlite import DataLoaderLite
-from fineweb import fsync_dir
+from fineweb import LOCAL_DIR, fsync_dir
 from gpt2_modules import (ADAMW_BETAS, AUTOCAST, GPT, MODEL_SIZES, NUM_SAMPLES, PROMPT, SAMPLE_LENGTH, SAMPLE_SEED,
                           GPTConfig, HelpFormatter, check_seed, default_dtype, generate, is_out_of_memory,
                           load_checkpoint, resolve_device)
@@ -112,7 +112,7 @@ class RunLog:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("data and logs")
-    g.add_argument("--data-root", default="edu_fineweb10B", help="folder of .npy token shards (made by fineweb.py)")
+    g.add_argument("--data-root", default=LOCAL_DIR, help="folder of .npy token shards (made by fineweb.py)")
     g.add_argument("--log-dir", default="log", help="log.txt and checkpoints go here")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="gpt2", choices=list(MODEL_SIZES),

@@ -226,6 +226,23 @@ def test_a_broken_gzip_file_among_several_is_named_in_the_only_error_line(tmp_pa
     assert_clean_failure(err, str(tmp_path / "out"), "cannot read", "either of them gzipped (.gz)")
 
 
+def test_an_empty_gzip_file_is_named_not_read_as_an_empty_document(tmp_path, capsys):
+    # gzip.open reads a 0-byte file as b"" without complaint: without the check it became one empty document
+    files = write_input(tmp_path / "in", "txt", docs=DOCS[:3])
+    gzip_files(tmp_path / "in")
+    empty = tmp_path / "in" / "doc_009.txt.gz"
+    empty.write_bytes(b"")
+    for source in (["--files", files[0] + ".gz"], ["--dataset", str(tmp_path / "in")]):
+        err = fail_inprocess([*source, "--local-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "hf")],
+                             capsys)
+        line = assert_clean_failure(err, str(tmp_path / "out"), f"error: {empty} is empty (0 bytes), so not a gzip file")
+        assert line.endswith("compress it again or leave it out"), line
+    # a plain text file may be empty (an empty document), and a gzipped empty text is 20 bytes, not 0
+    empty.write_bytes(gzip.compress(b""))
+    fineweb.main(["--files", files[0] + ".gz", "--local-dir", str(tmp_path / "out"), "--shard-size", str(SHARD),
+                  "--cache-dir", str(tmp_path / "hf"), "--quiet"])
+
+
 def test_a_rerun_after_a_file_of_a_dataset_folder_changed_refuses_and_names_the_file(tmp_path, capsys):
     files = write_input(tmp_path / "folder", "jsonl")
     args = ["--dataset", str(tmp_path / "folder"), "--local-dir", str(tmp_path / "out"), "--shard-size",
