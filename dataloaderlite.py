@@ -148,6 +148,10 @@ class DataLoaderLite:
         # while a read keeps RSS at a few batches (benchmarks/loader_memory_bench.py measures both)
         path, offset = self.shards[self.current_shard], self.offsets[self.current_shard]
         tokens = np.fromfile(path, dtype=np.uint16, count=B * T + 1, offset=offset + 2 * start)
+        if len(tokens) < B * T + 1:  # np.fromfile reads what is there without complaint
+            raise DataError(f"{path} ends before token {start + B * T + 1:,}, which this micro-step reads, although "
+                            f"its header says {self.lengths[self.current_shard]:,}: it was cut short after it was "
+                            "checked; restore it, or rerun the fineweb.py command that made it")
         buf = torch.from_numpy(tokens.astype(np.int64))
         if self.device.type == "cuda":
             # from pinned memory the copy runs asynchronously; torch's pinned-memory cache keeps this

@@ -487,8 +487,8 @@ def save_before_failure(before, model, optimizer, args, print0):
             print0(f"could not save the state before step {step} either ({e})")
             return
         prune_checkpoints(args.log_dir, step, args.keep_checkpoints)
-    print0(f"saved {path}: the state before the failed step {step}; fix the cause below, then continue with "
-           "--resume auto")
+    print0(f"saved {path}: the state before the failed step {step}; fix the cause (the error line), then "
+           "continue with --resume auto")
 
 
 def checkpoint_problem(path, need_sidecar=True):
@@ -917,6 +917,9 @@ def main(argv=None):
         # folder this user may not write, a full disk while writing log.txt)
         fail(f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename else e)
     except Exception as e:
+        if world_size > 1 and is_lost_peer(e):
+            # this rank waited in a collective for one that stopped: that one's own error line says why
+            fail("another process of this run stopped (its error line says why)", rank0_only=True)
         if is_out_of_memory(e):
             fail(f"out of memory ({str(e).strip().splitlines()[0]}); a smaller --batch-size needs less, and gradient "
                  "accumulation keeps --total-batch-size (README: Other GPU counts, 40 GB cards)")
@@ -941,18 +944,32 @@ def whole_lines():
             stream.reconfigure(line_buffering=True, write_through=False)
 
 
-def fail(message, sigint=False):
-    if int(os.environ.get("RANK", 0)) == 0:
+def fail(message, sigint=False, rank0_only=False):
+    """The error line, from rank 0. Most errors are every rank's (the same flags, files and shapes), and a line
+    from each of 8 ranks would bury the first; but one rank can fail alone (its GPU out of memory, its
+    node's copy of a shard), and rank 0 then knows nothing of it. So another rank waits a moment and speaks
+    only if it is still running: torchrun stops every rank as soon as rank 0 exits with an error."""
+    rank = int(os.environ.get("RANK", 0))
+    if rank == 0:
         print(f"error: {message}", file=sys.stderr)
+    elif sigint or rank0_only:  # a Ctrl-C reaches every rank; a lost peer has its own error line
+        time.sleep(2)  # torchrun stops every rank as soon as one exits: let rank 0 speak first
     else:
-        # rank 0 speaks for every rank, and torchrun stops all ranks as soon as one exits with an
-        # error: give rank 0 a moment to say it first
-        time.sleep(2)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torchrun's SIGTERM ends this rank at once, not after the run
+        time.sleep(5)
+        print(f"error: rank {rank}: {message}", file=sys.stderr)
     if dist.is_initialized():
         dist.destroy_process_group()
     if sigint:
         die_of_sigint()
     sys.exit(1)
+
+
+def is_lost_peer(e):
+    """A gloo collective that failed because another process of the run went away (a plain RuntimeError from its
+    TCP transport). NCCL raises nothing here: the waiting rank waits until torchrun stops it."""
+    return isinstance(e, RuntimeError) and any(
+        words in str(e) for words in ("Connection closed by peer", "Connection reset by peer"))
 
 
 def die_of_sigint():

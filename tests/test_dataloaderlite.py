@@ -382,6 +382,20 @@ def test_a_file_that_cannot_be_loaded_as_npy_is_named(tmp_path, damage):
         loader(tmp_path)
 
 
+def test_a_shard_cut_short_after_it_was_checked_is_named_at_the_batch_that_runs_past_its_end(tmp_path):
+    # np.fromfile returns what is there: a short read would have failed in .view() with torch's shape error
+    write_shards(tmp_path, [100])
+    dl = loader(tmp_path)
+    header = np.lib.format.open_memmap(tmp_path / "edufineweb_train_000000.npy", mode="r").offset
+    os.truncate(tmp_path / "edufineweb_train_000000.npy", header + 2 * 20)
+    assert dl.next_batch()[0].tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]  # tokens 0-8: still there
+    dl.next_batch()  # tokens 8-16
+    with pytest.raises(DataError, match=re.escape(
+            "edufineweb_train_000000.npy ends before token 25, which this micro-step reads, although its header says "
+            "100: it was cut short after it was checked; restore it, or rerun the fineweb.py command that made it")):
+        dl.next_batch()
+
+
 @pytest.mark.parametrize("args, message", [
     (dict(B=0), "B and T must be positive"),
     (dict(T=-1), "B and T must be positive"),

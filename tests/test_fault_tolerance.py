@@ -262,8 +262,8 @@ def test_a_step_that_fails_before_its_update_is_saved_and_the_resumed_run_matche
     shard.rename(tmp_path / "away.npy")
     assert run.wait() == 1
     assert run.output().splitlines()[-2:] == [
-        f"saved {log_dir / 'model_00005.pt'}: the state before the failed step 5; fix the cause below, then "
-        "continue with --resume auto", f"error: No such file or directory: {shard}"]
+        f"saved {log_dir / 'model_00005.pt'}: the state before the failed step 5; fix the cause (the error line), "
+        "then continue with --resume auto", f"error: No such file or directory: {shard}"]
     assert max(logged(log_dir, "train")) == 4
     assert [s for s, _ in train_gpt2.list_checkpoints(str(log_dir))] == [5]
     (tmp_path / "away.npy").rename(shard)
@@ -271,6 +271,45 @@ def test_a_step_that_fails_before_its_update_is_saved_and_the_resumed_run_matche
     assert f"resumed from {log_dir / 'model_00005.pt'} at step 5" in result.stdout
     assert step_fields(result.stdout) == {s: f for s, f in step_fields(uninterrupted.stdout).items() if s >= 5}
     assert_same_run(log_dir, tmp_path / "whole")
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_rank_that_fails_alone_says_why_and_rank_0_saves_the_state_before_the_step(
+        data_root, tmp_path):
+    # A shard cut short mid-run, where rank 0's micro-batch still fits and rank 1's does not: an error only rank 1
+    # meets. It used to die silently (rank 0 speaks for all ranks) while rank 0 printed gloo's traceback.
+    # 2 ranks x B*T = 128 tokens: train shard 0 holds exactly steps 0-4, so step 5 is the first to read shard 1.
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(os.path.join(data_root, "edufineweb_val_000000.npy"), data)
+    tokens = np.concatenate([np.load(p) for p in sorted(glob.glob(os.path.join(data_root, "*_train_*.npy")))])
+    np.save(data / "edufineweb_train_000000.npy", tokens[:5 * 256 + 1])
+    np.save(data / "edufineweb_train_000001.npy", tokens[5 * 256 + 1:20_000])
+    shard = data / "edufineweb_train_000001.npy"
+    whole = shard.read_bytes()
+    header = np.lib.format.open_memmap(shard, mode="r").offset
+    log_dir = tmp_path / "log"
+    args = tiny(str(data), log_dir, *FAULTY, "--val-steps", "10", "--checkpoint-interval", "1000", "--resume", "auto")
+    launcher = ["--standalone", "--nproc_per_node=2"]
+    run = Background(args, tmp_path / "failed.out", launcher)
+    run.wait_for_line(step_line(0), "step 0")  # both ranks have checked their shards' headers by now
+    os.truncate(shard, header + 2 * 200)  # rank 0 reads tokens 0-128 of it, rank 1 tokens 128-256
+    assert run.wait() == 1
+    out = run.output()
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: rank 1: {shard} ends before token 257, which this micro-step reads, although its header says "
+        f"{20_000 - 5 * 256 - 1:,}: it was cut short after it was checked; restore it, or rerun the fineweb.py "
+        "command that made it",
+        "error: another process of this run stopped (its error line says why)"], out[-3000:]
+    assert "[rank" not in out and "gloo" not in out, out[-3000:]  # no worker's traceback, only torchrun's report
+    assert f"saved {log_dir / 'model_00005.pt'}: the state before the failed step 5" in out
+    assert max(logged(log_dir, "train")) == 4
+    assert [s for s, _ in train_gpt2.list_checkpoints(str(log_dir))] == [5]
+    shard.write_bytes(whole)
+    result = run_ok(args, launcher)
+    assert f"resumed from {log_dir / 'model_00005.pt'} at step 5" in result.stdout
+    assert sorted(logged(log_dir, "train")) == list(range(16))
 
 
 def test_a_diverged_run_saves_nothing_and_names_the_newest_checkpoint_before_it(data_root, tmp_path, capsys):
