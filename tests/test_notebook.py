@@ -72,6 +72,16 @@ def test_notebook_tokenizes_the_prompt_and_counts_124m_parameters(executed):
 
 
 @pytest.mark.slow
+def test_notebook_shows_gpt2_s_init_with_the_residual_projections_scaled_down(executed):
+    out = text_of(executed["init"])
+    assert number_after("attn.c_attn              std", out) == pytest.approx(0.02, rel=0.05)
+    # 0.02 / sqrt(2 * n_layer) = 0.01 for 2 layers; unscaled they would be at 0.02
+    assert number_after("attn.c_proj (residual)   std", out) == pytest.approx(0.01, rel=0.05)
+    assert number_after("mlp.c_proj (residual)    std", out) == pytest.approx(0.01, rel=0.05)
+    assert "biases all zero: True" in out
+
+
+@pytest.mark.slow
 def test_notebook_loads_local_weights_with_the_logits_of_transformers(executed):
     hub = text_of(executed["weights-hub"])
     assert hub.startswith(("error: could not load 'gpt2'", "loaded OpenAI's GPT-2: 124,439,808 parameters")), hub
@@ -114,6 +124,8 @@ def test_notebook_lr_schedule_and_gradient_accumulation_numbers(executed):
 
 @pytest.mark.slow
 def test_notebook_reads_the_real_log_and_plots_it_against_the_references(executed):
+    # the small model after 11 steps on one batch: near the uniform guess ln(50257) = 10.82, a little below it
+    assert 9.5 < number_after("validation loss:", text_of(executed["val-loss"])) < 11.0
     assert "mask, row 0:" in text_of(executed["hellaswag"])
     out = text_of(executed["log-read"])
     assert "NOT FineWeb-Edu" in out
