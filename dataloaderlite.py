@@ -42,7 +42,10 @@ def find_shards(data_root, split):
     """The split's shard paths, sorted by name."""
     # the exact name pattern (hidden files aside), so that temp files and the manifest are never read as shards
     pattern = re.compile(rf"[^.].*_{re.escape(split)}_\d{{6}}\.npy")
-    names = sorted(n for n in os.listdir(data_root) if pattern.fullmatch(n)) if os.path.isdir(data_root) else []
+    try:
+        names = sorted(n for n in os.listdir(data_root) if pattern.fullmatch(n)) if os.path.isdir(data_root) else []
+    except OSError as e:  # a folder this user may not list
+        raise DataError(f"cannot list the shards in {data_root}/ ({e.strerror})") from None
     if not names:
         raise DataError(f"no shards for split {split!r} in {data_root}/ (files like {PREFIX}_{split}_000000.npy): "
                         f"make them with `python fineweb.py` (or `python fineweb.py --files ...` for local text)")
@@ -51,10 +54,14 @@ def find_shards(data_root, split):
 
 def read_header(path):
     """(header size in bytes, number of tokens) of a shard, checked without reading its tokens."""
+    if not os.path.isfile(path):  # a FIFO would block the read below forever
+        raise DataError(f"{path} is not a regular file, so not a shard")
     try:
         # np.load(path, mmap_mode="r") for a .npy file, minus its fallbacks to .npz and pickle,
         # whose errors would hide what is wrong with the file
         tokens = np.lib.format.open_memmap(path, mode="r")
+    except PermissionError as e:  # a whole shard this user may not read: not one to delete
+        raise DataError(f"cannot read {path} ({e.strerror}): give this user read access to it") from None
     except (ValueError, OSError) as e:
         raise DataError(f"{path} cannot be loaded as a .npy array ({e}): it is truncated or not a shard; delete "
                         "it and rerun the fineweb.py command that made it (it rewrites only what is missing)") from None

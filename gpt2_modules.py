@@ -224,9 +224,13 @@ class GPT(nn.Module):
             try:
                 model = cls(GPTConfig(**ckpt["config"]))
                 model.load_state_dict(ckpt["model"])
-            except (TypeError, RuntimeError) as e:  # unknown config keys, weights of another shape
+            except (TypeError, ValueError, RuntimeError) as e:  # unknown config keys, bad sizes, weights of another shape
                 raise ValueError(f"{source} does not hold a model this code can build "
                                  f"({str(e).strip().splitlines()[0]})") from e
+            if bad := next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None):
+                # sampling would stop in torch.multinomial's traceback, and an evaluation would score nothing
+                raise ValueError(f"{source} holds weights that are not finite (nan or inf in {bad}): the checkpoint "
+                                 "of a run that diverged?")
             return model
         if source.endswith((".pt", ".pth")):
             raise ValueError(f"{source}: no such checkpoint file")
@@ -260,6 +264,10 @@ class GPT(nn.Module):
 
 def load_checkpoint(path, map_location="cpu"):
     """A training checkpoint as a dict; weights_only=True, so a checkpoint can never run code."""
+    try:
+        open(path, "rb").close()  # an unreadable file first: is_zipfile below says False for it, as for a text file
+    except OSError as e:
+        raise ValueError(f"cannot read the checkpoint {path} ({e.strerror or e})") from e
     if os.path.isfile(path) and not zipfile.is_zipfile(path):  # torch.save has written zip archives since 1.6
         raise ValueError(f"{path} is not a training checkpoint (not a torch.save archive: a text file, or cut short "
                          "before its end)")
@@ -277,6 +285,9 @@ def load_checkpoint(path, map_location="cpu"):
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else 'unreadable'})") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path} is not a training checkpoint of this project (no 'model' and 'config' entries)")
+    if not (isinstance(ckpt["model"], dict) and isinstance(ckpt["config"], dict)):
+        raise ValueError(f"{path} is not a training checkpoint of this project (its 'model' and 'config' are a "
+                         f"{type(ckpt['model']).__name__} and a {type(ckpt['config']).__name__}, not dicts)")
     ckpt["model"] = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
     return ckpt
 

@@ -28,7 +28,7 @@ import signal
 import sys
 import sysconfig
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 
 import numpy as np
@@ -88,6 +88,8 @@ class RunLog:
         # (bytes: a byte edited in by hand must not block the resume). The rewrite is atomic, as a kill
         # here must not lose the log.
         kept = []
+        if os.path.isdir(path):
+            raise ConfigError(f"{path} is a folder: the run's log file goes there; move the folder away")
         if resume_step > 0 and os.path.exists(path):
             with open(path, "rb") as f:
                 kept = [line for line in f if line.endswith(b"\n") and not (
@@ -198,6 +200,8 @@ def check_args(args, world_size):
     for name in ("log_dir", "data_root"):
         if not getattr(args, name):
             raise ConfigError(f"--{name.replace('_', '-')} is empty (an unset variable?): name a folder")
+        if os.path.exists(getattr(args, name)) and not os.path.isdir(getattr(args, name)):
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)} is a file, not a folder")
     check_seed(args.seed)
     if not args.weight_decay >= 0:
         raise ConfigError(f"--weight-decay must be 0 or more, got {args.weight_decay}")
@@ -213,17 +217,49 @@ def check_args(args, world_size):
 # processes and devices
 
 
+def process_env():
+    """(rank, local_rank, world_size) as torchrun sets them in the environment; (0, 0, 1) without torchrun."""
+    values = []
+    for key, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        text = os.environ.get(key, default)
+        try:
+            values.append(int(text))
+        except ValueError:
+            raise ConfigError(f"{key} is {text!r}, not a whole number: torchrun sets it; unset it to run one "
+                              "process") from None
+    rank, local_rank, world_size = values
+    if not (world_size >= 1 and 0 <= rank < world_size and local_rank >= 0):
+        raise ConfigError(f"RANK {rank}, LOCAL_RANK {local_rank} and WORLD_SIZE {world_size} do not fit together "
+                          "(0 <= RANK < WORLD_SIZE): torchrun sets them; unset them to run one process")
+    return rank, local_rank, world_size
+
+
 def setup_distributed(device_arg):
     """(rank, local_rank, world_size, device) for this process; joins the process group under torchrun."""
-    rank, local_rank, world_size = (int(os.environ.get(k, d)) for k, d in
-                                    (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
+    rank, local_rank, world_size = process_env()
     device_arg = resolve_device(device_arg)  # auto: cuda, mps or cpu; a device this machine lacks is an error
     device = f"cuda:{local_rank}" if device_arg == "cuda" else device_arg
     if device_arg == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1:
-        dist.init_process_group(backend="nccl" if device_arg == "cuda" else "gloo")
+        # the rendezvous waits in C++ for every process (one that never comes: until its timeout, 30 min),
+        # where no Python signal handler runs: there Ctrl-C and SIGTERM end this process as they end any
+        with default_signal_handling():
+            dist.init_process_group(backend="nccl" if device_arg == "cuda" else "gloo")
     return rank, local_rank, world_size, device
+
+
+@contextmanager
+def default_signal_handling():
+    try:
+        previous = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: no handlers of ours to set aside
+        previous = {}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def default_dtype_and_compile(device_type, dtype="auto", compile=None):
@@ -529,6 +565,9 @@ def find_resume_checkpoint(resume, log_dir, warn=print):
             raise CheckpointError(f"no checkpoint in {log_dir}/ is complete ({len(found)} found, none whole); resume "
                                   f"one with --resume PATH, or move them away to start over")
         return None
+    if os.path.isdir(resume):
+        raise ConfigError(f"--resume {resume} is a folder: name a checkpoint file in it, or resume its newest with "
+                          f"--resume auto --log-dir {resume}")
     if not os.path.isfile(resume):
         raise ConfigError(f"--resume {resume}: no such checkpoint file")
     problem = checkpoint_problem(resume, need_sidecar=False)  # a checkpoint copied without its sidecar loads
@@ -578,9 +617,21 @@ def resume(resume_path, model, optimizer, train_loader, args, world_size, print0
     if ckpt["config"] != asdict(model.config):
         raise ConfigError(f"{resume_path} holds a model of another shape ({ckpt['config']}) "
                           f"than this run builds ({asdict(model.config)})")
-    model.load_state_dict(ckpt["model"])
-    load_optimizer_state(optimizer, ckpt["optimizer"])
-    train_loader.load_state_dict(ckpt["loader"])
+    try:
+        model.load_state_dict(ckpt["model"])
+        load_optimizer_state(optimizer, ckpt["optimizer"])
+        train_loader.load_state_dict(ckpt["loader"])
+        set_rng_state(ckpt["rng"])
+        start_step = ckpt["step"]
+    except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as e:
+        if is_out_of_memory(e):
+            raise
+        # written by another version of this code, or edited: an entry missing, of another type or shape
+        raise CheckpointError(f"{resume_path} is not a checkpoint this code can resume ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:300]})") from e
+    if not (isinstance(start_step, int) and start_step >= 0):
+        raise CheckpointError(f"{resume_path} is not a checkpoint this code can resume (its step is "
+                              f"{start_step!r}, not a count of steps)")
     if (skipped := train_loader.skipped_on_resume) is not None:  # another -B, -T or process count
         saved = ckpt["loader"]
         where = (f"at the next shard, as the last {skipped:,} tokens of the checkpoint's are too few for a micro-step "
@@ -588,8 +639,6 @@ def resume(resume_path, model, optimizer, train_loader, args, world_size, print0
         print0(f"note: the checkpoint read the data in micro-steps of B*T*processes = {saved['B']}*{saved['T']}*"
                f"{saved['num_processes']} tokens, this run in {args.batch_size}*{args.seq_len}*{world_size}: it "
                f"goes on {where}")
-    set_rng_state(ckpt["rng"])
-    start_step = ckpt["step"]
     print0(f"resumed from {resume_path} at step {start_step}")
     if changed := changed_args(ckpt.get("args", {}), vars(args)):
         print0(f"note: flags changed since that checkpoint was written: {changed}")
@@ -718,7 +767,7 @@ class Preemption:
         if signum == signal.SIGINT:
             if not self.step_ended or self.received == signal.SIGINT:
                 raise KeyboardInterrupt  # nothing to save yet, or the second Ctrl-C
-            if int(os.environ.get("RANK", 0)) == 0:
+            if speaking_rank() == 0:
                 # os.write, not print: a handler can run in the middle of a print to the same stream
                 os.write(2, b"Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again to quit at once)\n")
         self.received = signum
@@ -900,12 +949,13 @@ def train(args, preemption, lock):
 
 def main(argv=None):
     args = parse_args(argv)
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size > 1:
-        whole_lines()
     preemption = Preemption()  # from the start: SIGTERM during setup stops the run after its first step
     lock = LogDirLock(args.log_dir)
+    world_size = 1
     try:
+        _, _, world_size = process_env()
+        if world_size > 1:
+            whole_lines()
         check_args(args, world_size)
         if train(args, preemption, lock) == signal.SIGINT:
             die_of_sigint()  # after its checkpoint
@@ -949,7 +999,7 @@ def fail(message, sigint=False, rank0_only=False):
     from each of 8 ranks would bury the first; but one rank can fail alone (its GPU out of memory, its
     node's copy of a shard), and rank 0 then knows nothing of it. So another rank waits a moment and speaks
     only if it is still running: torchrun stops every rank as soon as rank 0 exits with an error."""
-    rank = int(os.environ.get("RANK", 0))
+    rank = speaking_rank()
     if rank == 0:
         print(f"error: {message}", file=sys.stderr)
     elif sigint or rank0_only:  # a Ctrl-C reaches every rank; a lost peer has its own error line
@@ -963,6 +1013,15 @@ def fail(message, sigint=False, rank0_only=False):
     if sigint:
         die_of_sigint()
     sys.exit(1)
+
+
+def speaking_rank():
+    """This process's rank, for who prints: 0 also where the environment's ranks are unusable (then this
+    process is the one to say so)."""
+    try:
+        return process_env()[0]
+    except ConfigError:
+        return 0
 
 
 def is_lost_peer(e):

@@ -382,6 +382,14 @@ def test_a_file_that_cannot_be_loaded_as_npy_is_named(tmp_path, damage):
         loader(tmp_path)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_shard_name_that_is_no_regular_file_is_named_without_blocking(tmp_path):
+    write_shards(tmp_path, [100])
+    os.mkfifo(tmp_path / "edufineweb_train_000001.npy")  # reading its header would wait for a writer forever
+    with pytest.raises(DataError, match=r"edufineweb_train_000001.npy is not a regular file, so not a shard$"):
+        loader(tmp_path)
+
+
 def test_a_shard_cut_short_after_it_was_checked_is_named_at_the_batch_that_runs_past_its_end(tmp_path):
     # np.fromfile returns what is there: a short read would have failed in .view() with torch's shape error
     write_shards(tmp_path, [100])

@@ -19,7 +19,7 @@ import torch
 import train_gpt2
 from gpt2_modules import load_checkpoint
 from test_train_gpt2 import (ROOT, SCRIPT, TIMEOUT, assert_one_error_line, data_root, env_for_runs,  # noqa: F401
-                             log_lines, logged, run_main_in_process, run_ok, run_script, step_fields, tiny)
+                             free_port, log_lines, logged, run_main_in_process, run_ok, run_script, step_fields, tiny)
 
 # 16 steps: validation at 0, 5, 10 and 15 (20 micro-batches, ~0.5 s: long enough to be killed inside),
 # samples at 15 only, a checkpoint after every 2nd step of which the 2 newest are kept (the default)
@@ -371,6 +371,32 @@ def test_a_log_dir_in_use_stops_every_torchrun_rank_with_one_error_line(data_roo
     assert "[rank1]" not in result.stderr and "gloo" not in result.stderr  # rank 1 stopped too, not in a collective
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_ends_a_rendezvous_that_waits_for_a_process_that_never_comes(data_root, tmp_path, sig):
+    # WORLD_SIZE=2 with only rank 0 started: the rendezvous waits in C++ (30 min), where our handlers never run,
+    # and SIGTERM or Ctrl-C used to be noted for after a first step that never came: only SIGKILL ended it
+    psutil = pytest.importorskip("psutil")
+    port = free_port()
+    env = {**env_for_runs(), "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, SCRIPT, *tiny(data_root, tmp_path / "log", "--total-batch-size", "256")],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + TIMEOUT
+        # rank 0 serves the rendezvous store on MASTER_PORT: once it listens there, it is waiting for rank 1
+        while not any(c.status == psutil.CONN_LISTEN and c.laddr.port == port
+                      for c in psutil.Process(proc.pid).net_connections(kind="tcp")):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert proc.returncode == -sig
+
+
 def test_the_log_dir_lock_is_held_until_released(tmp_path):
     first, second = train_gpt2.LogDirLock(str(tmp_path)), train_gpt2.LogDirLock(str(tmp_path))
     first.acquire()
@@ -523,6 +549,30 @@ def test_resume_of_a_given_path_whose_sidecar_disagrees_is_an_error_line(data_ro
     path = str(tmp_path / "model_00014.pt")
     line = assert_one_error_line(run_main_in_process(tiny(data_root, tmp_path / "log", "--resume", path), capsys))
     assert line == f"error: --resume {path}: its sha256 differs from its sidecar's: it is corrupt"
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda c: c.__setitem__("model", [1, 2]), "is not a training checkpoint of this project (its 'model' and "
+                                               "'config' are a list and a dict, not dicts)"),
+    (lambda c: c.__setitem__("optimizer", {}), "is not a checkpoint this code can resume (KeyError: 'param_groups')"),
+    (lambda c: c["loader"].pop("B"), "is not a checkpoint this code can resume (KeyError: 'B')"),
+    (lambda c: c.__setitem__("rng", {}), "is not a checkpoint this code can resume (KeyError: 'torch')"),
+    (lambda c: c["model"].pop("lm_head.weight"), "is not a checkpoint this code can resume (RuntimeError: Error(s) "
+                                                 "in loading state_dict for GPT: Missing key(s) in state_dict: "
+                                                 '"lm_head.weight".)'),
+    (lambda c: c.__setitem__("step", -3), "is not a checkpoint this code can resume (its step is -3, not a count "
+                                          "of steps)"),
+], ids=["model a list", "optimizer empty", "loader without B", "rng empty", "a weight missing", "negative step"])
+def test_a_checkpoint_edited_or_of_another_version_is_an_error_line_on_resume(data_root, uninterrupted, tmp_path,
+                                                                             capsys, edit, reason):
+    # each of these ended in a traceback (a KeyError, load_state_dict's RuntimeError), or, for the step, trained on
+    ckpt = torch.load(uninterrupted[1] / "model_00014.pt", weights_only=True)
+    edit(ckpt)
+    path = tmp_path / "edited.pt"
+    torch.save(ckpt, path)
+    line = assert_one_error_line(run_main_in_process(tiny(data_root, tmp_path / "log", "--resume", str(path)), capsys))
+    assert line == f"error: {path} {reason}"
+    assert not os.path.exists(tmp_path / "log" / "log.txt")
 
 
 # -----------------------------------------------------------------------------

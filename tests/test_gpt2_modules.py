@@ -494,6 +494,26 @@ def test_cli_sample_refuses_bad_flags_in_one_line(tiny_checkpoint, flags, expect
     assert run_main_in_process("sample", "--model", tiny_checkpoint[1], *flags) == expected
 
 
+def test_a_checkpoint_that_cannot_give_a_model_is_named_with_why(tiny_checkpoint, tmp_path):
+    ckpt = torch.load(tiny_checkpoint[1], weights_only=True)
+    ckpt["model"]["_orig_mod.transformer.wte.weight"][3, 5] = float("nan")
+    torch.save(ckpt, tmp_path / "diverged.pt")
+    ckpt["config"]["n_head"] = 3
+    torch.save(ckpt, tmp_path / "three_heads.pt")
+    ckpt["model"] = [1, 2]
+    torch.save(ckpt, tmp_path / "model_list.pt")
+    # a nan weight ended in torch.multinomial's traceback; a bad size and a list named no file, or in a traceback
+    assert run_main_in_process("sample", "--model", str(tmp_path / "diverged.pt")) == (
+        f"error: {tmp_path / 'diverged.pt'} holds weights that are not finite (nan or inf in transformer.wte.weight): "
+        "the checkpoint of a run that diverged?")
+    assert run_main_in_process("sample", "--model", str(tmp_path / "three_heads.pt")) == (
+        f"error: {tmp_path / 'three_heads.pt'} does not hold a model this code can build (n_embd (32) must be "
+        "divisible by n_head (3))")
+    assert run_main_in_process("sample", "--model", str(tmp_path / "model_list.pt")) == (
+        f"error: {tmp_path / 'model_list.pt'} is not a training checkpoint of this project (its 'model' and 'config' "
+        "are a list and a dict, not dicts)")
+
+
 @pytest.mark.skipif(not HEURISTIC_OVERCOMMIT, reason="needs vm.overcommit_memory = 0, which refuses 80 GB at once")
 def test_cli_sample_out_of_memory_is_one_error_line(tiny_checkpoint):
     # 100,000 rows of 50,304 logits each: the allocator refuses the ~80 GB of float32 at once

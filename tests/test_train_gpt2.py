@@ -608,6 +608,9 @@ def run_main_in_process(argv, capsys):
     (["--grad-clip", "-1"], r"--grad-clip must be positive, got -1.0"),
     (["--weight-decay", "-5"], r"--weight-decay must be 0 or more, got -5.0"),
     (["--seed", str(2**64)], r"--seed must fit in 64 bits, got 18446744073709551616$"),
+    (["--log-dir", __file__], r"^error: --log-dir .*test_train_gpt2.py is a file, not a folder$"),
+    (["--resume", os.path.dirname(__file__)], r"^error: --resume .*tests is a folder: name a checkpoint file in it, or "
+                                              r"resume its newest with --resume auto --log-dir .*tests$"),
     (["--log-dir", ""], r"^error: --log-dir is empty \(an unset variable\?\): name a folder$"),
     (["--data-root", ""], r"^error: --data-root is empty \(an unset variable\?\): name a folder$"),
     # 4M wide: an 800 GB token embedding, which Linux's default overcommit heuristic refuses at once
@@ -619,6 +622,32 @@ def test_bad_sizes_stop_with_one_error_line(data_root, tmp_path, capsys, extra, 
     line = assert_one_error_line(run_main_in_process(tiny(data_root, tmp_path, "--max-steps", "2", *extra), capsys))
     assert re.search(expected, line), line
     assert not os.path.exists(tmp_path / "log.txt")  # stopped before the run began
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE is 'abc', not a whole number: torchrun sets it; unset it to run one process"),
+    ({"RANK": "abc"}, "RANK is 'abc', not a whole number: torchrun sets it; unset it to run one process"),
+    ({"LOCAL_RANK": "1.5"}, "LOCAL_RANK is '1.5', not a whole number: torchrun sets it; unset it to run one process"),
+    # 0 divided the batch by zero; a RANK beyond WORLD_SIZE printed nothing at all (only rank 0 speaks)
+    ({"WORLD_SIZE": "0"}, "RANK 0, LOCAL_RANK 0 and WORLD_SIZE 0 do not fit together (0 <= RANK < WORLD_SIZE): "
+                          "torchrun sets them; unset them to run one process"),
+    ({"RANK": "5"}, "RANK 5, LOCAL_RANK 0 and WORLD_SIZE 1 do not fit together (0 <= RANK < WORLD_SIZE): "
+                    "torchrun sets them; unset them to run one process"),
+])
+def test_torchrun_variables_it_would_never_set_are_an_error_line(data_root, tmp_path, capsys, monkeypatch, env,
+                                                                 expected):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    line = assert_one_error_line(run_main_in_process(tiny(data_root, tmp_path / "log", "--max-steps", "2"), capsys))
+    assert line == f"error: {expected}"
+    assert not os.path.exists(tmp_path / "log")
+
+
+def test_a_log_txt_that_is_a_folder_is_named(data_root, tmp_path, capsys):
+    (tmp_path / "log" / "log.txt").mkdir(parents=True)
+    line = assert_one_error_line(run_main_in_process(tiny(data_root, tmp_path / "log", "--max-steps", "1"), capsys))
+    assert line == f"error: {tmp_path / 'log' / 'log.txt'} is a folder: the run's log file goes there; move the folder away"
+    assert os.listdir(tmp_path / "log") == ["log.txt"]  # no log.txt.tmp left behind
 
 
 @pytest.mark.parametrize("case, expected", [
