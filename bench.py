@@ -719,6 +719,8 @@ def main(argv=None):
         print(f"error: interrupted; the {len(rows)} configuration(s) in the table above are all that was measured",
               file=sys.stderr)
         sys.exit(130)
+    if not any(r["status"] == "ok" for r in rows):  # a run that measured nothing is a failure, not a result
+        sys.exit(f"error: no configuration was measured ({statuses}); the reasons are printed above")
 
 
 def record_config(name, runs, rows, args, device_type, run_id, overrides):

@@ -168,7 +168,9 @@ def test_a_measurement_that_cannot_be_appended_is_printed_and_the_run_fails_at_t
 def test_configurations_skipped_by_the_time_budget_are_listed_with_the_reason(tmp_path):
     results = tmp_path / "results.jsonl"
     r = run_bench("--configs", "fp32", "--time-budget", "5", "--results", str(results))
-    assert r.returncode == 0, r.stderr
+    # nothing was measured: the run fails, after the table and the JSON lines that say why
+    assert r.returncode == 1 and r.stderr == ("error: no configuration was measured (2 skipped); the reasons are "
+                                              "printed above\n"), r.stderr
     why = "5 s left of --time-budget 5 s, less than the 20 s a configuration takes at least"
     assert r.stdout.count(f"skipped: {why}") == 2
     assert {k: v[-1] for k, v in table_rows(r.stdout).items()} == {"baseline": "skipped", "fp32": "skipped"}
@@ -183,7 +185,9 @@ def test_a_timeout_shorter_than_the_budget_floor_is_applied_not_reported_as_no_t
     # limit per configuration: here 0.2 s, less than the worker needs to import torch
     results = tmp_path / "results.jsonl"
     r = run_bench("--timeout", "0.2", "--results", str(results), "--configs", "baseline")
-    assert r.returncode == 0, r.stderr
+    # the only configuration failed: exit 1 (it used to be 0, as if the run had measured something)
+    assert r.returncode == 1 and r.stderr == ("error: no configuration was measured (1 timeout); the reasons are "
+                                              "printed above\n"), r.stderr
     assert "no time left" not in r.stdout and "[baseline] timeout: killed after 0.2 s (--timeout)" in r.stdout
     assert table_rows(r.stdout)["baseline"][-1] == "timeout"
     (line,) = [json.loads(line) for line in results.read_text().splitlines()]
