@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hellaswag  # noqa: E402
+from bench import check_results_file  # noqa: E402
 from gpt2_modules import AUTOCAST, GPT, MODEL_SIZES, GPTConfig, autocast, default_dtype, resolve_device  # noqa: E402
 from gpt2_tokenizer import TokenizerUnavailable  # noqa: E402
 
@@ -75,8 +76,6 @@ def main(argv=None):
     parser.add_argument("--no-record", action="store_true", help="print only; append nothing")
     args = parser.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
         try:
             batch_sizes = [int(b) for b in args.batch_size.split(",")]
@@ -86,6 +85,14 @@ def main(argv=None):
             raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit must be positive, got {args.limit}")
+        if args.warmup < 0:
+            raise ValueError(f"--warmup must be 0 or more, got {args.warmup}")
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be positive, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        if not args.no_record:
+            check_results_file(args.results)  # a folder, say, fails now and not after the measuring
         device = torch.device(resolve_device(args.device))
         dtype = AUTOCAST[default_dtype(device.type, args.dtype)]
         file = hellaswag.data_file("val", args.file)
@@ -97,6 +104,11 @@ def main(argv=None):
             overrides = {k: v for k, v in (("n_layer", args.n_layer), ("n_head", args.n_head),
                                            ("n_embd", args.n_embd)) if v is not None}
             model = GPT(GPTConfig.named(args.model_size, vocab_size=args.vocab_size, **overrides))
+        # every example rendered once before timing: one that does not fit the model fails here, in hellaswag.py's
+        # words, not as a traceback in the middle of the measuring
+        enc = hellaswag.get_encoding()
+        for ex in examples:
+            hellaswag.render_example(ex, enc, model.config.block_size)
     except (ValueError, TokenizerUnavailable) as e:
         sys.exit(f"error: {e}")
     model.to(device).eval()
@@ -107,8 +119,6 @@ def main(argv=None):
     print(f"device: {device} ({machine_name(device)}), torch {torch.__version__}, "
           f"{'bfloat16 autocast' if dtype else 'float32'}, {torch.get_num_threads()} CPU threads")
     print(f"examples: {len(examples)} from {file}")
-
-    enc = hellaswag.get_encoding()
 
     @torch.no_grad()
     def lecture(items=examples):
@@ -136,8 +146,9 @@ def main(argv=None):
     schemes = [("lecture, one at a time", lecture)]
     schemes += [(f"{b} example{'s' * (b > 1)} per pass", lambda items=examples, b=b: ours(b, items))
                 for b in [1] + batch_sizes]
-    for _, fn in schemes:  # warm-up: allocator, kernels, tokenizer
-        timed(lambda: fn(examples[:args.warmup]), device)
+    if args.warmup:  # none with --warmup 0: the schemes cannot score an empty list
+        for _, fn in schemes:  # warm-up: allocator, kernels, tokenizer
+            timed(lambda: fn(examples[:args.warmup]), device)
     # the tokenizing alone, a fixed cost inside every scheme's time
     _, t_render = timed(lambda: [hellaswag.render_example(ex, enc, c.block_size) for ex in examples], device)
     print(f"tokenizing and rendering alone: {t_render:.2f} s (included in every time below)")

@@ -106,6 +106,9 @@ def main():
     if min(args.B, args.T) < 1 or args.tokens < args.B * args.T + 1:
         parser.error(f"need B, T >= 1 and --tokens >= B*T+1 = {args.B * args.T + 1:,} (one batch), "
                      f"got B={args.B}, T={args.T}, --tokens {args.tokens:,}")
+    sys.path.insert(0, ROOT)
+    from bench import check_results_file  # here, not at the top: the measuring children need none of bench's imports
+    check_results_file(args.results)  # a folder, say, fails now and not after the measuring
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "edufineweb_train_000000.npy")

@@ -174,15 +174,27 @@ def main():
     parser.add_argument("--corpus-mb", type=int, default=24, help="corpus size in MB of text (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of each scheme; the best counts (default: %(default)s)")
-    parser.add_argument("--shard-size", type=int, default=10**8,
-                        help="tokens per shard (default: %(default)s, the lecture's; smaller adds fsyncs to fineweb.py)")
+    parser.add_argument("--shard-size", default=str(10**8),
+                        help="tokens per shard, as fineweb.py's (default: %(default)s, the lecture's; smaller adds "
+                             "fsyncs to fineweb.py)")
     parser.add_argument("--cache", default=os.path.join(ROOT, ".cache", "bench"),
                         help="folder for the corpus and its Arrow cache (default: %(default)s)")
     parser.add_argument("--no-record", action="store_true", help=f"do not append to {os.path.relpath(RESULTS, ROOT)}")
     parser.add_argument("--note", default="", help="a remark stored with the result (e.g. how the machine was shared)")
     args = parser.parse_args()
+    # all checked before the corpus is built: --shard-size 0 used to loop forever in run_lecture, writing empty shards
+    for name in ("corpus_mb", "repeats"):
+        if getattr(args, name) < 1:
+            sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    try:
+        args.shard_size = fineweb.parse_shard_size(args.shard_size)  # fineweb.py's own rule and error line
+        fineweb.check_local_dir(args.cache, "--cache")
+    except fineweb.FinewebError as e:
+        sys.exit(f"error: {e}")
 
     corpus, n_docs, n_bytes = build_corpus(args.cache, args.corpus_mb)
+    if n_docs == 0:  # emptied by hand, or made by --corpus-mb 0 before it was refused: datasets' StopIteration
+        sys.exit(f"error: the corpus {corpus} holds no documents; delete it and it will be built again")
     hf_cache = os.path.join(args.cache, "hf")
     from datasets import load_dataset
     load_dataset("json", data_files=[corpus], split="train", cache_dir=hf_cache)  # build the Arrow cache untimed

@@ -1,0 +1,116 @@
+"""benchmarks/*.py given bad input: one `error:` line and a non-zero exit before anything is measured, never a
+traceback nor a hang. Each run stops at its argument checks; the old code failed on each of these cases only after
+(or while) measuring, or not at all."""
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fineweb
+from gpt2_modules import GPT, GPTConfig
+from test_hellaswag import ROOF, write_jsonl
+from test_train_gpt2 import assert_one_error_line
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(script, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+# -----------------------------------------------------------------------------
+# tokenize_bench.py
+
+@pytest.fixture
+def cache(tmp_path):
+    """A --cache whose corpus files exist but are empty: nothing is downloaded, and a check that comes too late
+    meets the empty corpus (the old code's StopIteration) instead of measuring."""
+    for mb in (0, 1):
+        (tmp_path / f"kjv_chapters_{mb}mb.jsonl").write_text("")
+    return tmp_path
+
+
+@pytest.mark.parametrize("args, expected", [
+    # --shard-size 0 looped forever in run_lecture, writing empty shards into a temp folder
+    (["--shard-size", "0"], "error: --shard-size must be a whole number of tokens from 1 to {limit:,} (a shard is "
+                            "built in memory, 2 bytes a token), got 0"),
+    (["--repeats", "0"], "error: --repeats must be positive, got 0"),  # was a TypeError after measuring nothing
+    (["--corpus-mb", "0"], "error: --corpus-mb must be positive, got 0"),
+])
+def test_tokenize_bench_refuses_non_positive_counts(cache, args, expected):
+    r = run("tokenize_bench.py", "--cache", cache, "--corpus-mb", "1", "--no-record", *args)
+    assert assert_one_error_line(r) == expected.format(limit=fineweb.max_shard_size())
+    assert sorted(os.listdir(cache)) == ["kjv_chapters_0mb.jsonl", "kjv_chapters_1mb.jsonl"]  # no Arrow cache made
+
+
+def test_tokenize_bench_refuses_a_cache_that_is_a_file(tmp_path):
+    (tmp_path / "f").write_text("")
+    r = run("tokenize_bench.py", "--cache", tmp_path / "f", "--no-record")  # was os.makedirs' FileExistsError
+    assert assert_one_error_line(r) == f"error: --cache {tmp_path}/f: {tmp_path}/f is a file, not a folder"
+
+
+def test_tokenize_bench_names_an_empty_corpus_file(cache):
+    r = run("tokenize_bench.py", "--cache", cache, "--corpus-mb", "1", "--no-record")  # was a bare StopIteration
+    assert assert_one_error_line(r) == (f"error: the corpus {cache}/kjv_chapters_1mb.jsonl holds no documents; "
+                                        "delete it and it will be built again")
+
+
+# -----------------------------------------------------------------------------
+# hellaswag_bench.py and loader_memory_bench.py
+
+@pytest.fixture
+def val(tmp_path):
+    return write_jsonl(tmp_path / "val.jsonl", [ROOF])
+
+
+TINY_GPT = ["--device", "cpu", "--dtype", "float32", "--n-layer", "1", "--n-head", "1", "--n-embd", "8"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--threads", "-1"], "error: --threads must be positive, got -1"),  # was torch's RuntimeError
+    (["--threads", "0"], "error: --threads must be positive, got 0"),  # was ignored: torch's default was timed
+    (["--warmup", "-3"], "error: --warmup must be 0 or more, got -3"),  # was a RuntimeError from torch.stack
+])
+def test_hellaswag_bench_refuses_bad_counts(tmp_path, val, args, expected):
+    r = run("hellaswag_bench.py", *TINY_GPT, "--file", val, "--results", tmp_path / "r.jsonl", *args)
+    assert assert_one_error_line(r) == expected and r.stdout == ""
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.parametrize("script, args", [
+    ("hellaswag_bench.py", [*TINY_GPT, "--limit", "1"]),
+    ("loader_memory_bench.py", ["--tokens", "1000", "-B", "2", "-T", "8"]),
+])
+def test_a_results_path_that_is_a_folder_fails_before_measuring(tmp_path, val, script, args):
+    # both used to measure everything first, then die on open() with IsADirectoryError
+    extra = ["--file", val] if script == "hellaswag_bench.py" else []
+    r = run(script, *args, *extra, "--results", tmp_path)
+    assert assert_one_error_line(r) == f"error: cannot append to --results {tmp_path} (Is a directory)"
+    assert r.stdout == ""  # nothing measured, nothing printed
+
+
+def test_hellaswag_bench_says_an_ending_does_not_fit_the_model_as_hellaswag_py_does(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=50304, n_layer=1, n_head=1, n_embd=8))
+    torch.save({"model": model.state_dict(), "config": dataclasses.asdict(model.config)}, tmp_path / "m.pt")
+    long = write_jsonl(tmp_path / "long.jsonl", [dict(ROOF, endings=["and on " * 20] * 4)])
+    r = run("hellaswag_bench.py", "--init-from", tmp_path / "m.pt", "--file", long, "--device", "cpu",
+            "--dtype", "float32", "--no-record")
+    expected = assert_one_error_line(r)  # was these words in a bare ValueError traceback, mid-warm-up
+    assert re.fullmatch(r"error: an ending of \d+ tokens does not fit block_size 16", expected)
+    hellaswag_py = subprocess.run([sys.executable, os.path.join(ROOT, "hellaswag.py"), "--model", tmp_path / "m.pt",
+                                   "--file", long, "--device", "cpu", "--dtype", "float32"],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert assert_one_error_line(hellaswag_py) == expected
+
+
+def test_hellaswag_bench_with_no_warm_up_times_cold(tmp_path, val):
+    # --warmup 0 used to warm up on an empty list: a RuntimeError from torch.stack before any timing
+    r = run("hellaswag_bench.py", *TINY_GPT, "--file", val, "--batch-size", "1", "--warmup", "0", "--no-record")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert [line.split()[0] for line in r.stdout.splitlines()[-3:]] == ["lecture,", "1", "1"]
