@@ -33,6 +33,7 @@ import hashlib
 import http.client
 import json
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -115,14 +116,32 @@ def download(split="val", folder=None, url=None, sha256=None, progress=True, tim
             os.remove(tmp)
 
 
+# what a path is, when it is not a regular file (stat's file types)
+FILE_TYPES = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a device",
+              stat.S_IFBLK: "a device", stat.S_IFSOCK: "a socket"}
+
+
+def not_a_file(path):
+    """Why `path` is no file to read, or None. os.stat only looks: open() would wait forever on a FIFO."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as e:  # a file where a folder of the path should be, a folder we may not enter
+        return f"cannot be reached ({e.strerror})"
+    if not stat.S_ISREG(mode):
+        return f"is {FILE_TYPES.get(stat.S_IFMT(mode), 'something else')}, not a regular file"
+    return None
+
+
 def data_file(split="val", path=None, flag="--file"):
     """The file to read: `path` if given, else for the val split $HELLASWAG_FILE if set (a local copy of
     it), else the (downloaded) cached split. flag: as for download()."""
     env = os.environ.get("HELLASWAG_FILE") if split == "val" else None
     for given, name in ((path, "HellaSwag file"), (env, "HELLASWAG_FILE")):
         if given:
-            if not os.path.isfile(given):
-                raise ValueError(f"{name} {given} does not exist")
+            if (problem := not_a_file(given)) is not None:
+                raise ValueError(f"{name} {given} {problem}")
             return given
     return download(split, flag=flag)
 
@@ -149,7 +168,11 @@ def iterate_examples(split="val", path=None):
     """
     file = data_file(split, path)
     found = 0
-    with open(file, "rb") as f:  # bytes, decoded line by line, so that a non-UTF-8 byte is reported with its line
+    try:
+        f = open(file, "rb")  # bytes, decoded line by line, so that a non-UTF-8 byte is reported with its line
+    except OSError as e:  # no read permission: ValueError, the error train_gpt2's start-up check turns into a line
+        raise ValueError(f"cannot read HellaSwag file {file} ({e.strerror})") from e
+    with f:
         for lineno, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
@@ -162,6 +185,11 @@ def iterate_examples(split="val", path=None):
                 example = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{file}:{lineno} is not valid JSON ({e.msg})") from e
+            # valid JSON that Python's json will not read: a number past int's digit limit (a ValueError that
+            # names no line), arrays or objects nested past the recursion limit
+            except (ValueError, RecursionError) as e:
+                why = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+                raise ValueError(f"{file}:{lineno} cannot be read as JSON ({why})") from e
             if (problem := _check(example)) is not None:
                 raise ValueError(f"{file}:{lineno} is not a HellaSwag example: {problem}")
             found += 1
@@ -355,6 +383,11 @@ def main(argv=None):
         file = data_file(split, args.file)  # $HELLASWAG_FILE stands for the val split
         examples = list(iterate_examples(path=file))[:args.limit]
         get_encoding()  # a missing tokenizer should fail before the model loads
+        if os.path.isfile(args.model):  # a checkpoint: GPT.load calls one it may not read "not a torch.save archive"
+            try:
+                open(args.model, "rb").close()
+            except OSError as e:
+                raise ValueError(f"cannot read --model {args.model} ({e.strerror})") from e
         try:
             model = GPT.load(args.model)
         except (RuntimeError, TypeError, KeyError) as e:  # a checkpoint whose config and weights disagree

@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -397,6 +398,67 @@ def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
     with pytest.raises(ValueError) as e:
         list(hellaswag.iterate_examples(path=str(path)))
     assert str(e.value) == f"{path}:2 is not UTF-8 text (invalid continuation byte): is it a HellaSwag .jsonl file?"
+
+
+@pytest.mark.parametrize("line, why", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    (json.dumps(ROOF)[:-1] + ', "x": ' + "9" * 5000 + "}",
+     "Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits"),
+], ids=["deep nesting", "5000-digit number"])
+def test_json_that_python_cannot_read_is_named_with_its_line(tmp_path, line, why):
+    # valid JSON past Python's limits: a RecursionError traceback, or int's ValueError naming no file; a ValueError
+    # naming the line is also what train_gpt2.py's start-up check (prepare_hellaswag) turns into its error line
+    import train_gpt2
+    path = tmp_path / "odd.jsonl"
+    path.write_text(json.dumps(ROOF) + "\n" + line + "\n")
+    expected = f"{path}:2 cannot be read as JSON ({why})"
+    with pytest.raises(ValueError) as e:
+        list(hellaswag.iterate_examples(path=str(path)))
+    assert str(e.value) == expected
+    with pytest.raises(train_gpt2.ConfigError) as e:
+        train_gpt2.prepare_hellaswag(str(path), 128, 0, 1)
+    assert str(e.value) == f"HellaSwag {path}: {expected}; pass another --hellaswag-file or --no-hellaswag"
+
+
+@pytest.mark.parametrize("kind", ["folder", "device", "fifo"])
+def test_a_path_that_is_no_regular_file_is_named_for_what_it_is(tmp_path, monkeypatch, kind):
+    # it was said not to exist; a FIFO is looked at with os.stat, never opened (open() would wait for a writer)
+    path = {"folder": str(tmp_path), "device": os.devnull, "fifo": str(tmp_path / "pipe")}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    what = {"folder": "a folder", "device": "a device", "fifo": "a named pipe (FIFO)"}[kind]
+    with pytest.raises(ValueError) as e:  # --file, and train_gpt2.py's --hellaswag-file
+        list(hellaswag.iterate_examples(path=path))
+    assert str(e.value) == f"HellaSwag file {path} is {what}, not a regular file"
+    monkeypatch.setenv("HELLASWAG_FILE", path)
+    with pytest.raises(ValueError) as e:
+        hellaswag.data_file("val")
+    assert str(e.value) == f"HELLASWAG_FILE {path} is {what}, not a regular file"
+
+
+def without_root_override():
+    """The command prefix under which a chmod 000 file is unreadable: root reads every file (CAP_DAC_OVERRIDE), so
+    as root the command runs without that capability. Skips the test where that cannot be done."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root, and no setpriv to drop root's override of file permissions")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", "--"]
+
+
+@pytest.mark.parametrize("flag", ["--file", "--model"])
+def test_a_file_it_may_not_read_is_one_error_line_with_the_os_reason(tmp_path, model, flag):
+    # --file: a PermissionError traceback; --model: GPT.load called the checkpoint "not a torch.save archive"
+    file, ckpt = write_jsonl(tmp_path / "val.jsonl", written_examples(3)), tmp_path / "model.pt"
+    torch.save({"model": model.state_dict(), "config": dataclasses.asdict(model.config)}, ckpt)
+    locked = {"--file": file, "--model": str(ckpt)}[flag]
+    os.chmod(locked, 0)
+    result = subprocess.run([*without_root_override(), sys.executable, os.path.join(ROOT, "hellaswag.py"),
+                             "--model", str(ckpt), "--file", file, "--device", "cpu"],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    expected = {"--file": f"cannot read HellaSwag file {file}", "--model": f"cannot read --model {ckpt}"}[flag]
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", f"error: {expected} (Permission denied)\n")
 
 
 @pytest.mark.parametrize("content", ["", "\n\n  \n"], ids=["empty", "blank lines"])
