@@ -51,8 +51,10 @@ def plot(path, out, references=True):
     # a bare Figure draws with Agg and leaves pyplot's backend alone (a notebook keeps its inline plots)
     from matplotlib.figure import Figure
 
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such file (train_gpt2.py writes log.txt into its --log-dir, log/ by default)")
+    if not os.path.isfile(path):  # os.path only looks: open() would wait forever on a FIFO
+        what = (" is a folder: plot the log.txt in it" if os.path.isdir(path) else
+                " is not a regular file" if os.path.exists(path) else ": no such file")
+        raise ValueError(f"{path}{what} (train_gpt2.py writes log.txt into its --log-dir, log/ by default)")
     streams = read_log(path)
     if "train" not in streams:
         with open(path, "rb") as f:
@@ -90,6 +92,8 @@ def plot(path, out, references=True):
         out = os.path.join(out, "loss.png")
     if not os.path.splitext(out)[1]:  # savefig would add ".png" itself; add it here so that the caller knows
         out += ".png"
+    if os.path.exists(out) and not os.path.isfile(out):  # a FIFO or a device: savefig said only "not seekable"
+        raise ValueError(f"{out} is not a regular file: name a .png to write, or a folder for loss.png")
     fig.savefig(out, dpi=100)
     return out
 

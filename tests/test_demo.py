@@ -193,3 +193,25 @@ def test_plot_script_names_the_log_and_line_it_cannot_read(tmp_path, content, pr
     out = subprocess.run([sys.executable, "plot_log.py", str(bad)], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
     assert (out.returncode, out.stderr) == (1, f"error: {bad}:{problem}\n")
+
+
+@pytest.mark.parametrize("kind", ["folder", "device", "fifo"])
+def test_plot_script_says_what_the_log_is_when_it_is_no_regular_file(tmp_path, kind):
+    # each was "no such file"; a FIFO is only looked at (os.path), never opened, which would wait for a writer
+    path = {"folder": str(tmp_path), "device": os.devnull, "fifo": str(tmp_path / "pipe")}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    what = " is a folder: plot the log.txt in it" if kind == "folder" else " is not a regular file"
+    with pytest.raises(SystemExit) as e:
+        plot_log.main([path])
+    assert e.value.code == f"error: {path}{what} (train_gpt2.py writes log.txt into its --log-dir, log/ by default)"
+
+
+def test_plot_script_refuses_to_write_its_png_into_a_fifo(tmp_path):
+    # savefig's own error, "File or stream is not seekable.", named no file
+    (tmp_path / "log.txt").write_text("0 train 10.9\n1 train 10.8\n")
+    os.mkfifo(tmp_path / "loss.png")
+    with pytest.raises(SystemExit) as e:
+        plot_log.main([str(tmp_path / "log.txt"), "-o", str(tmp_path / "loss.png")])
+    assert e.value.code == f"error: {tmp_path}/loss.png is not a regular file: name a .png to write, or a folder for " \
+                           "loss.png"
