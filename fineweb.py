@@ -732,6 +732,8 @@ def check_args(args):
     if args.num_proc is not None and args.num_proc < 1:
         raise FinewebError(f"--num-proc must be at least 1 (got {args.num_proc})")
     check_local_dir(args.local_dir)
+    if args.cache_dir:  # datasets makes it only when it opens the input, and its error there named the input
+        check_local_dir(args.cache_dir, flag="--cache-dir")
     if not args.files and os.path.isdir(args.dataset):
         inside = os.path.relpath(os.path.abspath(args.local_dir), os.path.abspath(args.dataset))
         if not (inside == os.pardir or inside.startswith(os.pardir + os.sep)):  # not above or beside it

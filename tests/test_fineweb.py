@@ -645,6 +645,18 @@ def test_a_local_dir_that_is_a_file_stops_before_the_input_is_read(tmp_path, cap
     assert not (tmp_path / "hf").exists()  # the input was never opened
 
 
+@pytest.mark.parametrize("where", ["the folder", "a parent"])
+def test_a_cache_dir_that_is_a_file_stops_before_the_input_is_read(tmp_path, capsys, where):
+    # it was "error: cannot load <the input file>: [Errno 17] File exists: ...", blaming the input
+    (tmp_path / "taken").write_text("not a folder")
+    cache_dir = tmp_path / "taken" / ("" if where == "the folder" else "hf")
+    files = write_input(tmp_path / "in", "jsonl")
+    err = fail_inprocess(["--files", *files, "--local-dir", str(tmp_path / "out"), "--cache-dir", str(cache_dir)],
+                         capsys)
+    assert err == f"error: --cache-dir {cache_dir}: {tmp_path / 'taken'} is a file, not a folder\n"
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_empty_local_dir_stops_before_the_input_is_read(tmp_path, capsys):
     files = write_input(tmp_path / "in", "jsonl")
     err = fail_inprocess(["--files", *files, "--local-dir", "", "--cache-dir", str(tmp_path / "hf")], capsys)
