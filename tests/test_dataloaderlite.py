@@ -2,6 +2,7 @@
 import itertools
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -440,8 +441,8 @@ def test_cuda_batches_equal_the_cpu_batches(tmp_path):
 # -----------------------------------------------------------------------------
 # the command line: what a data folder holds
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "dataloaderlite.py"), *args], cwd=ROOT,
+def run_cli(*args, prefix=()):
+    return subprocess.run([*prefix, sys.executable, os.path.join(ROOT, "dataloaderlite.py"), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -460,6 +461,26 @@ def test_cli_names_a_broken_shard_as_training_would(tmp_path):
     assert (out.returncode, out.stdout) == (1, "val: 1 shard, 1,000 tokens\n")
     assert out.stderr == (f"error: {tmp_path}/edufineweb_train_000001.npy is not a 1-D uint16 token array: "
                           "dtype int32, shape (10,)\n")
+
+
+def test_cli_names_a_shard_or_folder_this_user_may_not_read_without_advice_to_delete_it(tmp_path):
+    # an unreadable folder was a PermissionError traceback; an unreadable shard was "truncated or not a shard;
+    # delete it", advice that would lose a good shard
+    from conftest import without_root_override
+    write_shards(tmp_path / "a", [1000], split="val")
+    write_shards(tmp_path / "a", [1000])
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    os.chmod(tmp_path / "a" / "edufineweb_train_000000.npy", 0)
+    os.chmod(tmp_path / "b", 0)
+    try:
+        shard = run_cli(str(tmp_path / "a"), prefix=without_root_override())
+        folder = run_cli(str(tmp_path / "b"), prefix=without_root_override())
+    finally:
+        os.chmod(tmp_path / "b", 0o755)
+    assert (shard.returncode, shard.stderr) == (1, f"error: cannot read {tmp_path}/a/edufineweb_train_000000.npy "
+                                                   "(Permission denied): give this user read access to it\n")
+    assert (folder.returncode, folder.stderr) == (1, f"error: cannot list the shards in {tmp_path}/b/ "
+                                                     "(Permission denied)\n")
 
 
 def test_cli_help_says_it_is_a_library_with_a_folder_check():

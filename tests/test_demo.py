@@ -137,7 +137,7 @@ CACHE_HINT = "; the demo keeps it under the folder it runs from: run it from ano
 def test_a_corpus_cache_the_demo_cannot_write_is_one_error_line(tmp_path, case):
     # the cache is .cache/demo under the folder the demo runs from; each case was a traceback (OSError,
     # NotADirectoryError, IsADirectoryError), the last one fineweb.py's "no file matches" the corpus
-    from test_hellaswag import without_root_override
+    from conftest import without_root_override
     work = tmp_path / "work"
     work.mkdir()
     prefix = []

@@ -7,7 +7,6 @@ import http.server
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import torch
 from torch.nn import functional as F
 
 import hellaswag
+from conftest import without_root_override
 from gpt2_modules import GPT, GPTConfig
 from test_train_gpt2 import HEURISTIC_OVERCOMMIT
 
@@ -436,17 +436,6 @@ def test_a_path_that_is_no_regular_file_is_named_for_what_it_is(tmp_path, monkey
     assert str(e.value) == f"HELLASWAG_FILE {path} is {what}, not a regular file"
 
 
-def without_root_override():
-    """The command prefix under which a chmod 000 file is unreadable: root reads every file (CAP_DAC_OVERRIDE), so
-    as root the command runs without that capability. Skips the test where that cannot be done."""
-    if os.geteuid() != 0:
-        return []
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root, and no setpriv to drop root's override of file permissions")
-    caps = "-dac_override,-dac_read_search"
-    return ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", "--"]
-
-
 @pytest.mark.parametrize("flag", ["--file", "--model"])
 def test_a_file_it_may_not_read_is_one_error_line_with_the_os_reason(tmp_path, model, flag):
     # --file: a PermissionError traceback; --model: GPT.load called the checkpoint "not a torch.save archive"
@@ -457,7 +446,7 @@ def test_a_file_it_may_not_read_is_one_error_line_with_the_os_reason(tmp_path, m
     result = subprocess.run([*without_root_override(), sys.executable, os.path.join(ROOT, "hellaswag.py"),
                              "--model", str(ckpt), "--file", file, "--device", "cpu"],
                             capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    expected = {"--file": f"cannot read HellaSwag file {file}", "--model": f"cannot read --model {ckpt}"}[flag]
+    expected = {"--file": f"cannot read HellaSwag file {file}", "--model": f"cannot read the checkpoint {ckpt}"}[flag]
     assert (result.returncode, result.stdout, result.stderr) == (1, "", f"error: {expected} (Permission denied)\n")
 
 

@@ -259,9 +259,9 @@ def test_gradient_clipping_bounds_the_first_update(data_root, tmp_path):
 
 
 def test_tiny_model_loss_falls_by_two_nats_within_50_steps(data_root, tmp_path):
-    result = run_ok(tiny(data_root, tmp_path, "--max-steps", "50", "--max-lr", "3e-3", "--min-lr", "3e-4",
-                         "--warmup-steps", "5", "--eval-interval", "1000", "--val-steps", "4",
-                         "--sample-interval", "1000", "--checkpoint-interval", "1000", "--device", "cpu"))
+    run_ok(tiny(data_root, tmp_path, "--max-steps", "50", "--max-lr", "3e-3", "--min-lr", "3e-4",
+                "--warmup-steps", "5", "--eval-interval", "1000", "--val-steps", "4",
+                "--sample-interval", "1000", "--checkpoint-interval", "1000", "--device", "cpu"))
     train, val = logged(tmp_path, "train"), logged(tmp_path, "val")
     assert sorted(train) == list(range(50)) and sorted(val) == [0, 49]
     assert train[0] > 10.5  # ~ln(50304) = 10.83 at init
