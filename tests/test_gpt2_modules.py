@@ -197,6 +197,21 @@ def test_configure_optimizers_reports_lecture_group_counts(capsys):
     assert capsys.readouterr().out == ""
 
 
+def test_configure_optimizers_uses_fused_adamw_for_cuda(capsys):
+    # guards use_fused: the CPU runs of the tests never ask for CUDA, so fused AdamW always off went unseen. torch
+    # (>= 2.4) has a fused AdamW for CPU tensors too, so the CUDA choice can be built and stepped here
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    optimizer = model.configure_optimizers(weight_decay=0.1, learning_rate=1e-3, device_type="cuda")
+    assert capsys.readouterr().out.splitlines()[-1] == "using fused AdamW: True"
+    assert optimizer.defaults["fused"] is True and all(g["fused"] is True for g in optimizer.param_groups)
+    x = torch.randint(0, 64, (2, 8))
+    model(x, x)[1].backward()
+    before = model.lm_head.weight.detach().clone()
+    optimizer.step()  # the fused kernel runs
+    assert not torch.equal(model.lm_head.weight, before)
+
+
 # -----------------------------------------------------------------------------
 # the same fresh model as the lecture's code (values measured against build-nanogpt's GPT class)
 
@@ -458,6 +473,45 @@ def test_generate_crops_context_to_block_size():
     model = GPT(GPTConfig(vocab_size=512, **{**TINY, "block_size": 8})).eval()
     rows = generate(model, [5] * 6, max_length=20, seed=1)
     assert len(rows) == 1 and len(rows[0]) == 20
+
+def test_generate_past_block_size_conditions_on_the_last_block_size_tokens():
+    # guards the crop x[:, -block_size:]: a crop to the first block_size tokens (x[:, :block_size]) runs as
+    # well, but predicts every token after the 8th from the same 8 tokens
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=512, **{**TINY, "block_size": 8})).eval()
+    with torch.no_grad():  # 10x GPT-2's init: at 0.02 greedy decoding repeats one token whatever the context
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.2)
+    prompt = [5, 17, 300, 42, 9, 250]
+    x, first = torch.tensor([prompt]), torch.tensor([prompt])
+    with torch.no_grad():
+        while x.size(1) < 20:  # greedy, by hand: the model sees the last 8 tokens
+            x = torch.cat([x, model(x[:, -8:])[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+            first = torch.cat([first, model(first[:, :8])[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert x[0].tolist() != first[0].tolist()  # the two crops really disagree here: a real comparison
+    assert generate(model, prompt, max_length=20, top_k=1, seed=1) == [x[0].tolist()]
+
+
+def test_generate_draws_what_the_lectures_sampling_loop_draws():
+    # the lecture's loop, written out: softmax of the last position's logits as they are (no temperature), top 50,
+    # torch.multinomial with a generator seeded 42, gather; generate must pick the very same tokens
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=512, **TINY)).eval()
+    prompt = [1, 2, 3, 4]
+    x = torch.tensor(prompt, dtype=torch.long).unsqueeze(0).repeat(4, 1)
+    sample_rng = torch.Generator(device="cpu")
+    sample_rng.manual_seed(42)
+    with torch.no_grad():
+        while x.size(1) < 30:
+            logits, _ = model(x)
+            logits = logits[:, -1, :]
+            probs = torch.nn.functional.softmax(logits, dim=-1)
+            topk_probs, topk_indices = torch.topk(probs, 50, dim=-1)
+            ix = torch.multinomial(topk_probs, 1, generator=sample_rng)
+            xcol = torch.gather(topk_indices, -1, ix)
+            x = torch.cat((x, xcol), dim=1)
+    assert generate(model, prompt, max_length=30, num_return_sequences=4, top_k=50, seed=42) == x.tolist()
 
 
 # -----------------------------------------------------------------------------
