@@ -524,6 +524,49 @@ def test_resume_auto_takes_the_newest_checkpoint_that_matches_its_sidecar(tmp_pa
     assert "sidecar" in warnings[2] and "unreadable" in warnings[2]
 
 
+def tiny_model_and_optimizer():
+    model = torch.nn.Linear(64, 64)
+    model.config = train_gpt2.GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=16)
+    return model, torch.optim.AdamW(model.parameters())
+
+
+class Killed(BaseException):
+    """A SIGKILL at that moment: nothing after it runs, no handler cleans up (it is no OSError)."""
+
+
+def test_a_checkpoint_is_renamed_after_its_sidecar_so_a_kill_between_leaves_no_checkpoint_without_one(
+        tmp_path, monkeypatch):
+    # guards the order of save_checkpoint's renames: the .pt renamed first, a kill before its sidecar's rename
+    # left a model_*.pt without a sidecar, which --resume auto skips with a warning
+    model, optimizer = tiny_model_and_optimizer()
+    args = train_gpt2.parse_args([])
+    first, second = str(tmp_path / "model_00001.pt"), str(tmp_path / "model_00002.pt")
+    renames, real_replace = [], os.replace
+
+    def recorded(src, dst):
+        renames.append((os.path.basename(src), os.path.basename(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", recorded)
+    train_gpt2.save_checkpoint(first, model, optimizer, 1, {}, args)
+    assert renames == [("model_00001.pt.json.tmp", "model_00001.pt.json"), ("model_00001.pt.tmp", "model_00001.pt")]
+
+    def killed_at_the_second_rename(src, dst):
+        renames.append((os.path.basename(src), os.path.basename(dst)))
+        if len(renames) == 4:
+            raise Killed
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_at_the_second_rename)
+    with pytest.raises(Killed):
+        train_gpt2.save_checkpoint(second, model, optimizer, 2, {}, args)
+    monkeypatch.setattr(os, "replace", real_replace)
+    warnings = []
+    assert train_gpt2.find_resume_checkpoint("auto", str(tmp_path), warn=warnings.append) == first
+    assert warnings == []  # nothing to skip: model_00002.pt was never there
+    assert not os.path.exists(second)
+
+
 def test_resume_auto_refuses_to_start_over_when_no_checkpoint_is_complete(data_root, tmp_path, capsys):
     # an older train_gpt2.py wrote no sidecars: starting from step 0 would overwrite that run's log
     fake_checkpoints(tmp_path, [4, 8])
