@@ -218,6 +218,21 @@ def test_a_resume_at_a_size_at_which_another_shard_is_too_short_maps_the_shard_b
         assert (at, reads[0][0].item(), dl.skipped_on_resume) == (at_then, starts, skipped), stop
 
 
+def test_a_resume_at_another_size_maps_the_saved_shard_index_past_a_shard_too_short_at_the_saved_size(tmp_path):
+    # guards `n >= old + 1` in _carried_over: the saved shard index counts the shards that held a micro-step of
+    # old = 8 tokens (9 with the last target); the 8-token file held none, so saved shard 1 is the 131-token file.
+    # Counting the 8-token file too mapped it there, where the saved position (token 8) lies past the end
+    write_shards(tmp_path, lengths=[100, 8, 131])
+    first = loader(tmp_path, B=2)
+    stream(first, 13)  # 12 micro-steps from shard 0 ((100-1)//8), then 1 from the 131-token file
+    state = first.state_dict()
+    assert (state["shard"], state["window"]) == (1, 1)
+    resized = loader(tmp_path, B=3)
+    resized.load_state_dict(state)
+    assert resized.skipped_on_resume == 0
+    assert resized.next_batch()[0][0, 0].item() == 2008  # token 8 of the 131-token file, where B=2 stood
+
+
 def test_a_resumed_loader_at_another_size_saves_and_resumes_again_exactly(tmp_path):
     write_shards(tmp_path)
     first = loader(tmp_path, B=2)
@@ -294,6 +309,30 @@ def test_resuming_into_a_smaller_data_folder_is_refused(tmp_path):
         loader(small).load_state_dict(state)
 
 
+def test_a_state_one_micro_step_past_the_shards_last_is_refused(tmp_path):
+    # guards `window < len(windows)` in load_state_dict: shard 0 (100 tokens) holds micro-steps 0..11 of 8 tokens;
+    # a state at 12 (no loader saves one: it moves on to the next shard) is a folder that changed
+    write_shards(tmp_path)
+    state = loader(tmp_path).state_dict()
+    dl = loader(tmp_path)
+    dl.load_state_dict(dict(state, window=11))  # the last one
+    assert dl.next_batch()[0][0, 0].item() == 88
+    with pytest.raises(DataError, match="micro-step 12 of shard 0, which holds fewer: the data folder changed"):
+        loader(tmp_path).load_state_dict(dict(state, window=12))
+
+
+def test_a_state_at_another_size_whose_micro_step_ends_past_its_shard_is_refused(tmp_path):
+    # guards `at + old < n` in _carried_over: window 11 of 8 tokens starts at 88 of a 96-token shard and needs
+    # tokens 88..96, one more than it holds; `<=` took it, and the resume at B=3 went on to the next shard
+    write_shards(tmp_path, lengths=[96, 48])
+    state = loader(tmp_path, B=2).state_dict()
+    resized = loader(tmp_path, B=3)
+    resized.load_state_dict(dict(state, window=10))  # at 80: 80..88 fitted at B=2
+    assert resized.next_batch()[0][0, 0].item() == 80
+    with pytest.raises(DataError, match="micro-step 11 of shard 0, which holds fewer: the data folder changed"):
+        loader(tmp_path, B=3).load_state_dict(dict(state, window=11))
+
+
 # -----------------------------------------------------------------------------
 # shuffling
 
@@ -352,6 +391,15 @@ def test_a_shard_shorter_than_one_step_is_skipped_and_named(tmp_path, capsys):
     # one step from shard 0, one from shard 2, then shard 0 again
     firsts = [int(x[0, 0]) for x, _ in stream(dl, 3)]
     assert firsts == [int(shards[0][0]), int(shards[2][0]), int(shards[0][0])]
+
+
+def test_a_shard_of_exactly_one_micro_step_is_kept(tmp_path, capsys):
+    # guards `n >= need`: 81 tokens hold one micro-step of 2*4*10 (+1 for the last target); `>` skipped the shard
+    shards = write_shards(tmp_path, lengths=[81, 100])
+    dls = [DataLoaderLite(B, T, r, 10, "train", data_root=str(tmp_path)) for r in (0, 9)]
+    assert "skipping" not in capsys.readouterr().out
+    assert [int(x[0, 0]) for x, _ in stream(dls[0], 3)] == [0, 1000, 0]  # shard 0, shard 1, shard 0 again
+    assert int(dls[1].next_batch()[1][-1, -1]) == int(shards[0][80])  # the last rank's last target: its last token
 
 
 def test_shards_all_shorter_than_one_step_are_an_error_naming_the_longest(tmp_path):
