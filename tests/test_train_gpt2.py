@@ -4,6 +4,7 @@ the LR schedule, the lecture's console and log formats, learning, torch.compile 
 import json
 import math
 import os
+import random
 import re
 import shutil
 import signal
@@ -19,6 +20,7 @@ import torch
 
 import gpt2_modules
 import train_gpt2
+from dataloaderlite import DataLoaderLite
 from gpt2_modules import load_checkpoint
 from gpt2_tokenizer import EOT
 from test_gpt2_tokenizer import NO_NETWORK
@@ -291,12 +293,15 @@ def test_ddp_two_processes_match_one_process_with_gradient_accumulation(data_roo
     hellaswag_file = tmp_path / "hellaswag_val.jsonl"
     hellaswag_file.write_text("".join(json.dumps({"ctx": f"Step {i} of", "endings": [" a", " the", " one", " it"],
                                                   "label": i % 4}) + "\n" for i in range(5)))
-    args = tiny(data_root, tmp_path, *REFERENCE, "--val-steps", "1",  # 1 per rank = the reference's 2
+    # -B 2 on each rank: a micro-step is 2 ranks x 2 x 32 = 128 tokens, the reference's (1 x 4 x 32), so rank r
+    # reads rows 2r, 2r+1 of the reference's micro-step, and each rank accumulates 2 micro-steps per step, as the
+    # reference does: a DDP run that all-reduced the gradient after another micro-step than the last would differ
+    args = tiny(data_root, tmp_path, *REFERENCE, "-B", "2",  # val: 2 micro-steps of 128 tokens, the reference's
                 "--hellaswag", "--hellaswag-file", str(hellaswag_file))
     result = run_ok(args, launcher=["--standalone", "--nproc_per_node=2"])
     accuracies = re.findall(r"^HellaSwag accuracy: (\d+)/(\d+)=", result.stdout, flags=re.M)
     assert len(accuracies) == 5 and all(total == "5" for _, total in accuracies), accuracies
-    assert "=> calculated gradient accumulation steps: 1" in result.stdout.splitlines()
+    assert "=> calculated gradient accumulation steps: 2" in result.stdout.splitlines()
     assert "using device: cpu x 2 process(es)" in result.stdout
     assert_same_losses_as_reference(tmp_path, reference_log_dir)
     # the gradient too: accumulation scales each micro-step's loss, so the norms agree (unscaled, they doubled)
@@ -306,6 +311,12 @@ def test_ddp_two_processes_match_one_process_with_gradient_accumulation(data_roo
     assert all(float(ours[s][norm]) == pytest.approx(float(theirs[s][norm]), rel=1e-3) for s in ours), (ours, theirs)
     # every rank prints its own samples
     assert len(re.findall(r"^rank 1 sample \d: ", result.stdout, flags=re.M)) == 8
+    # ... from its own seed (SAMPLE_SEED + rank): with the same weights and one seed the ranks printed the same text.
+    # Rank 0's are the reference's to the letter (the weights agree closely enough for the same draws); a
+    # sample's text may hold newlines, so its first line stands for it
+    first_lines = {r: re.findall(rf"rank {r} (sample \d: .*)", result.stdout) for r in "01"}
+    assert first_lines["0"] == re.findall(r"rank 0 (sample \d: .*)", reference[0])
+    assert len(first_lines["1"]) == 8 and all(a != b for a, b in zip(first_lines["0"], first_lines["1"])), first_lines
 
 
 def run_two_nodes(args_of_node, tmp_path):
@@ -497,6 +508,32 @@ def test_optimizer_state_loads_under_this_runs_settings_fused_or_not():
         assert new.state[p]["step"].item() == 1
     new.step()  # the fused kernel takes the loaded state
     assert all(new.state[p]["step"].item() == 2 for p in model.parameters())
+
+
+def test_resume_restores_the_random_states_the_checkpoint_saved(data_root, tmp_path):
+    # guards set_rng_state in resume: without it a resumed run drew other random numbers than the uninterrupted one
+    # (nothing in the tiny runs draws from them after the initialisation, so the comparisons of runs missed it)
+    torch.manual_seed(7)
+    np.random.seed(7)
+    random.seed(7)
+    model = gpt2_modules.GPT(gpt2_modules.GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=1, n_embd=8))
+    optimizer = model.configure_optimizers(0.1, 1e-3, "cpu", verbose=False)
+    loader = DataLoaderLite(2, 8, 0, 1, "train", data_root=data_root, verbose=False)
+    args = train_gpt2.parse_args(["--data-root", data_root, "--log-dir", str(tmp_path)])
+    path = str(tmp_path / "model_00003.pt")
+    train_gpt2.save_checkpoint(path, model, optimizer, 3, loader.state_dict(), args)
+    saved = load_checkpoint(path)["rng"]
+    expected = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])  # what follows the save
+    torch.manual_seed(1)  # another run's states
+    np.random.seed(1)
+    random.seed(1)
+    assert train_gpt2.resume(path, model, optimizer, loader, args, 1, lambda *a, **k: None) == 3
+    assert torch.equal(torch.get_rng_state(), saved["torch"])
+    assert np.random.get_state()[1].tolist() == saved["numpy"].tolist()
+    assert np.random.get_state()[2] == saved["numpy_pos"]
+    assert list(random.getstate()[1]) == saved["python"]
+    drawn = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    assert torch.equal(drawn[0], expected[0]) and drawn[1].tolist() == expected[1].tolist() and drawn[2] == expected[2]
 
 
 # which checkpoint --resume auto picks (the newest complete one): tests/test_fault_tolerance.py
@@ -781,9 +818,21 @@ def test_resume_of_another_models_checkpoint_is_an_error_line(data_root, referen
     assert not os.path.exists(tmp_path / "log.txt")
 
 
+def test_the_batch_size_check_counts_every_process():
+    # guards span = B*T*world_size: 384 is a multiple of B*T = 128 but not of the 256 tokens 2 processes read
+    args = train_gpt2.parse_args(["-B", "4", "-T", "32", "--total-batch-size", "384"])
+    train_gpt2.check_args(args, world_size=1)  # 3 micro-steps in one process
+    with pytest.raises(train_gpt2.ConfigError) as e:
+        train_gpt2.check_args(args, world_size=2)
+    assert str(e.value) == ("--total-batch-size 384 is not divisible by B*T*processes = 4*32*2 = 256; "
+                            "nearest valid: 256 or 512")
+
+
 def test_bad_input_under_torchrun_prints_one_error_line(data_root, tmp_path):
     # every rank finds the problem; rank 0 says it (torchrun then adds its own report of the failed ranks)
-    result = run_script(tiny(data_root, tmp_path, "--total-batch-size", "384"),
+    # --max-steps 1: had the check missed the bad size (as a span without the process count did), the
+    # run would have trained for 1 step, not 19,073 into the 600 s timeout
+    result = run_script(tiny(data_root, tmp_path, "--total-batch-size", "384", "--max-steps", "1"),
                         launcher=["--standalone", "--nproc_per_node=2"])
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
