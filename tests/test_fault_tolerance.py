@@ -243,18 +243,23 @@ def test_ctrl_c_before_the_first_step_has_ended_quits_at_once_and_saves_nothing(
     run_ok(tiny(data_root, tmp_path, "--max-steps", "2", "--device", "cpu"))  # the same folder starts a new run
 
 
-def test_a_step_that_fails_before_its_update_is_saved_and_the_resumed_run_matches(data_root, tmp_path):
-    # a shard gone mid-run (an NFS hiccup, a cleanup job): the steps since the last checkpoint are not lost.
-    # Train shard 0 holds exactly 5 steps (10 windows of B*T = 128 tokens, +1), so step 5 is the first to read
-    # shard 1, which is moved away as soon as the loader has checked it: step 5 fails, whatever the timing
+def data_whose_second_train_shard_starts_at_step_5(data_root, tmp_path):
+    """(folder, path of train shard 1): train shard 0 holds exactly 5 steps of 256 tokens (+1 for the last target),
+    so step 5 is the first to read shard 1, with one process or two."""
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(os.path.join(data_root, "edufineweb_val_000000.npy"), data)
     tokens = np.concatenate([np.load(p) for p in sorted(glob.glob(os.path.join(data_root, "*_train_*.npy")))])
-    np.save(data / "edufineweb_train_000000.npy", tokens[:10 * 128 + 1])
-    np.save(data / "edufineweb_train_000001.npy", tokens[10 * 128 + 1:20_000])
+    np.save(data / "edufineweb_train_000000.npy", tokens[:5 * 256 + 1])
+    np.save(data / "edufineweb_train_000001.npy", tokens[5 * 256 + 1:20_000])
+    return data, data / "edufineweb_train_000001.npy"
+
+
+def test_a_step_that_fails_before_its_update_is_saved_and_the_resumed_run_matches(data_root, tmp_path):
+    # a shard gone mid-run (an NFS hiccup, a cleanup job): the steps since the last checkpoint are not lost.
+    # Shard 1 is moved away as soon as the loader has checked it: step 5 fails, whatever the timing
+    data, shard = data_whose_second_train_shard_starts_at_step_5(data_root, tmp_path)
     uninterrupted = run_ok(tiny(str(data), tmp_path / "whole", *FAULTY))
-    shard = data / "edufineweb_train_000001.npy"
     log_dir = tmp_path / "log"
     args = tiny(str(data), log_dir, *FAULTY, "--checkpoint-interval", "1000", "--resume", "auto")
     run = Background(args, tmp_path / "failed.out")
@@ -278,14 +283,7 @@ def test_under_torchrun_a_rank_that_fails_alone_says_why_and_rank_0_saves_the_st
         data_root, tmp_path):
     # A shard cut short mid-run, where rank 0's micro-batch still fits and rank 1's does not: an error only rank 1
     # meets. It used to die silently (rank 0 speaks for all ranks) while rank 0 printed gloo's traceback.
-    # 2 ranks x B*T = 128 tokens: train shard 0 holds exactly steps 0-4, so step 5 is the first to read shard 1.
-    data = tmp_path / "data"
-    data.mkdir()
-    shutil.copy(os.path.join(data_root, "edufineweb_val_000000.npy"), data)
-    tokens = np.concatenate([np.load(p) for p in sorted(glob.glob(os.path.join(data_root, "*_train_*.npy")))])
-    np.save(data / "edufineweb_train_000000.npy", tokens[:5 * 256 + 1])
-    np.save(data / "edufineweb_train_000001.npy", tokens[5 * 256 + 1:20_000])
-    shard = data / "edufineweb_train_000001.npy"
+    data, shard = data_whose_second_train_shard_starts_at_step_5(data_root, tmp_path)
     whole = shard.read_bytes()
     header = np.lib.format.open_memmap(shard, mode="r").offset
     log_dir = tmp_path / "log"
