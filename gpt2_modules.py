@@ -224,7 +224,7 @@ class GPT(nn.Module):
             try:
                 model = cls(GPTConfig(**ckpt["config"]))
                 model.load_state_dict(ckpt["model"])
-            except (TypeError, ValueError, RuntimeError) as e:  # unknown config keys, bad sizes, weights of another shape
+            except (TypeError, ValueError, RuntimeError) as e:  # unknown config keys, bad sizes, weights of other shapes
                 raise ValueError(f"{source} does not hold a model this code can build "
                                  f"({str(e).strip().splitlines()[0]})") from e
             if bad := next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None):

