@@ -197,11 +197,11 @@ def check_args(args, world_size):
                           f"{1 / bias_correction:g} x it in float32, which overflows")
     if not args.grad_clip > 0:  # 0 would zero every gradient, and a negative value flip them
         raise ConfigError(f"--grad-clip must be positive, got {args.grad_clip}")
-    for name in ("log_dir", "data_root"):
-        if not getattr(args, name):
-            raise ConfigError(f"--{name.replace('_', '-')} is empty (an unset variable?): name a folder")
-        if os.path.exists(getattr(args, name)) and not os.path.isdir(getattr(args, name)):
-            raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)} is a file, not a folder")
+    for flag, folder in (("--log-dir", args.log_dir), ("--data-root", args.data_root)):
+        if not folder:
+            raise ConfigError(f"{flag} is empty (an unset variable?): name a folder")
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise ConfigError(f"{flag} {folder} is a file, not a folder")
     check_seed(args.seed)
     if not args.weight_decay >= 0:
         raise ConfigError(f"--weight-decay must be 0 or more, got {args.weight_decay}")
