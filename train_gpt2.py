@@ -507,8 +507,10 @@ def save_checkpoint(path, model, optimizer, step, loader_state, args, rng=None):
                 os.remove(p)
         intact = [p for s, p in list_checkpoints(os.path.dirname(path)) if s < step and not checkpoint_problem(p)]
         raise CheckpointError(f"cannot write the checkpoint {path} ({e.strerror or e}: is the disk full?); "
-                              + (f"the previous checkpoint {intact[-1]} is intact: " if intact else "")
-                              + "free some space, then continue with --resume auto") from e
+                              + (f"the previous checkpoint {intact[-1]} is intact: free some space, then continue "
+                                 "with --resume auto" if intact else
+                                 "free some space, then run again: there is no earlier checkpoint to continue "
+                                 "from, so the run starts over")) from e
 
 
 def save_before_failure(before, model, optimizer, args, print0):

@@ -1,6 +1,7 @@
 """train_gpt2.py against faults (issue 7): SIGKILL at random moments, preemption by SIGTERM and SIGUSR1,
 damaged checkpoints, --keep-checkpoints and a full disk, each checked against an uninterrupted run of the
 same tiny float32 model on CPU, whose logged losses and final weights a faulted run must equal bit for bit."""
+import errno
 import glob
 import json
 import os
@@ -685,6 +686,31 @@ def test_a_full_disk_while_appending_to_log_txt_names_the_file(tmp_path):
         log.write(3, "train", 1.0)
     assert str(e.value) == (f"cannot append to {tmp_path / 'log.txt'} (No space left on device: is the disk full?); "
                             "free some space, then continue with --resume auto from the newest checkpoint")
+
+
+def test_full_disk_at_the_first_checkpoint_does_not_offer_a_checkpoint_to_continue_from(tmp_path, monkeypatch):
+    # with no earlier checkpoint, "continue with --resume auto" would promise what is not there: it starts over
+    class DiskFull:
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    class FullAfterTheFirstBytes(train_gpt2.HashingWriter):
+        def write(self, data):
+            if self.size:
+                self.f = DiskFull()
+            return super().write(data)
+
+    monkeypatch.setattr(train_gpt2, "HashingWriter", FullAfterTheFirstBytes)
+    model = torch.nn.Linear(64, 64)
+    model.config = train_gpt2.GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=16)
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = tmp_path / "model_00005.pt"
+    with pytest.raises(train_gpt2.CheckpointError) as e:
+        train_gpt2.save_checkpoint(str(path), model, optimizer, 5, {}, train_gpt2.parse_args([]))
+    assert str(e.value) == (f"cannot write the checkpoint {path} (No space left on device: is the disk full?); free "
+                            "some space, then run again: there is no earlier checkpoint to continue from, so the "
+                            "run starts over")
+    assert os.listdir(tmp_path) == []  # no .tmp left
 
 
 def test_a_second_ctrl_c_while_a_checkpoint_is_written_is_an_interrupt_not_a_runtime_error(tmp_path, monkeypatch):
