@@ -643,6 +643,9 @@ def main(argv=None):
     profile_dir = os.path.dirname(os.path.abspath(args.profile)) if args.profile else None
     if profile_dir and not os.path.isdir(profile_dir):
         sys.exit(f"error: --profile {args.profile}: there is no folder {profile_dir}")
+    if args.profile and os.path.isdir(args.profile):  # torch's export would replace an empty folder by the trace
+        sys.exit(f"error: --profile {args.profile} is a folder: name the trace file, "
+                 f"e.g. {os.path.join(args.profile, 'trace.json')}")
     check_results_file(args.results)
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench.py: terminated"))  # unwinds, killing the worker

@@ -229,6 +229,16 @@ def test_a_profile_path_in_a_missing_folder_fails_before_measuring_anything(tmp_
     assert not (tmp_path / "r.jsonl").exists()
 
 
+def test_a_profile_path_that_is_a_folder_fails_before_measuring_anything(tmp_path):
+    # torch's export_chrome_trace replaced an empty folder by the trace file
+    folder = tmp_path / "traces"
+    folder.mkdir()
+    r = run_bench("--profile", str(folder), "--results", str(tmp_path / "r.jsonl"))
+    assert r.returncode == 1 and r.stderr == f"error: --profile {folder} is a folder: name the trace file, " \
+                                             f"e.g. {folder}/trace.json\n"
+    assert folder.is_dir() and not (tmp_path / "r.jsonl").exists()
+
+
 def test_profile_writes_a_chrome_trace_and_a_table_of_where_the_step_went(tmp_path):
     results, trace = tmp_path / "results.jsonl", tmp_path / "trace.json"
     r = run_bench("--configs", "fp32", "--profile", str(trace), "--profile-steps", "1", "--results", str(results))
