@@ -31,10 +31,11 @@ AMD EPYC (Zen 4, AVX-512 BF16, no AMX) this repo is developed on, a machine shar
 the lecture's settings (bf16 autocast, eager) ~1,500 tok/s; on a quiet machine (medians) --compile
 1.37x and float32 0.79x. Two runs on a loaded machine (best of 3 rounds) spread widely: --compile 1.24x
 and 1.55x, the chunked loss alone 0.84x and 0.89x (it halves the memory), fused AdamW 1.17x and 1.15x,
-all three together 1.32x and 0.66x;
-one thread instead of two 0.64x in one run and 2.12x in the other, where other processes held the cores. On one H100 (torch 2.11, gpt2 124M, B=64, T=1024, 262,144 tokens a step): the
-lecture's settings 476,500 tok/s = 41.2% MFU, 44.3 GB, 34 s to the first step; SDPA already picks cuDNN
-there (cudnn = 1.000x); chunked-ce 0.963x at 27.4 GB; best 0.972x; best-b128 0.994x at 49.8 GB.
+all three together 1.32x and 0.66x; one thread instead of two 0.64x in one run and 2.12x in the other,
+where other processes held the cores. On one H100 (torch 2.11, gpt2 124M, B=64, T=1024, 262,144 tokens
+a step): the lecture's settings 476,500 tok/s = 41.2% MFU, 44.3 GB, 34 s to the first step; SDPA
+already picks cuDNN there (cudnn = 1.000x); chunked-ce 0.963x at 27.4 GB; best 0.972x; best-b128 0.994x
+at 49.8 GB.
 """
 
 import argparse
