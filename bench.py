@@ -3,8 +3,8 @@ Training-step throughput and MFU: the lecture's settings against candidate speed
 
     python bench.py --list                                       # the presets: what each changes, its prediction
     python bench.py --total-batch-size 262144 --time-budget 540  # one GPU: gpt2 124M, B=64, T=1024, the CUDA list
-    python bench.py --device cpu --n-layer 4 --n-head 4 --n-embd 256 -B 8 -T 256 --rounds 3 \\
-        --estimator best-round --cold-compile                    # this repo's CPU measurement (~20-30 min)
+    python bench.py --device cpu --n-layer 4 --n-head 4 --n-embd 256 -B 8 -T 256 --rounds 2 \\
+        --configs baseline,fp32,compile,cpu-best                 # this repo's quiet CPU measurement
     python bench.py --configs baseline,best --profile trace.json # + chrome traces of 3 steps and a table of
                                                                  # the ops that took the most time (trace.*.txt)
 
@@ -29,10 +29,10 @@ to --results as soon as it finishes, so a run cut short keeps what it measured.
 Measured so far (benchmarks/results.jsonl), n_layer 4, n_head 4, n_embd 256, B=8, T=256 on the 2-core
 AMD EPYC (Zen 4, AVX-512 BF16, no AMX) this repo is developed on, a machine shared with other work:
 the lecture's settings (bf16 autocast, eager) ~1,500 tok/s; on a quiet machine (medians) --compile
-1.37x and float32 0.79x. Two runs on a loaded machine (best of 3 rounds) spread widely: --compile 1.24x
-and 1.55x, the chunked loss alone 0.84x and 0.89x (it halves the memory), fused AdamW 1.17x and 1.15x,
-all three together 1.32x and 0.66x; one thread instead of two 0.64x in one run and 2.12x in the other,
-where other processes held the cores. On one H100 (torch 2.11, gpt2 124M, B=64, T=1024, 262,144 tokens
+1.37x and float32 0.79x. Three runs on a loaded machine (3 rounds, --cold-compile) spread widely:
+--compile 1.24x, 1.55x and 1.32x, the chunked loss alone 0.84x and 0.89x (it halves the memory), fused
+AdamW 1.17x and 1.15x, all three together 1.32x, 0.66x and 1.33x; one thread instead of two 0.64x in
+one run and 2.12x in another, where other processes held the cores. On one H100 (torch 2.11, gpt2 124M, B=64, T=1024, 262,144 tokens
 a step): the lecture's settings 476,500 tok/s = 41.2% MFU, 44.3 GB, 34 s to the first step; SDPA
 already picks cuDNN there (cudnn = 1.000x); chunked-ce 0.963x at 27.4 GB; best 0.972x; best-b128 0.994x
 at 49.8 GB.
@@ -130,8 +130,8 @@ PRESETS = {
                            "CUDA: 1.00-1.05x (autotuning plus CUDA graphs of forward and backward); first step "
                            "+3-6 min: run it last, with a --timeout"),
     "reduce-overhead": Preset(dict(compile="reduce-overhead"),
-                              "CUDA: 0.99-1.02x (a B=64 micro-step is ~100 ms of GPU work: launch overhead is "
-                              "already hidden); more memory for the graphs' static buffers"),
+                              "CUDA: 0.99-1.02x (a B=64 micro-step is ~140 ms of GPU work on an H100: "
+                              "launch overhead is already hidden); more memory for the graphs' static buffers"),
     # alone, no-sync still waits for the GPU at every micro-step: a copy from pageable memory without
     # non_blocking synchronises the stream (pinned-no-sync drops both)
     "no-sync": Preset(dict(host_sync=False),
@@ -158,7 +158,7 @@ PRESETS = {
                         "CUDA: 1.04-1.13x if it fits (the chunked loss frees the 26 GB of logits)"),
     "fp32-best": Preset(dict(dtype="float32", compile="default", loss="chunked", adamw="fused"),
                         "CPU: 1.3-2.0x"),
-    # written after fp32-best measured ~0.8x and an exploratory run put bf16 + compile at ~1.7x on a loaded machine
+    # written after exploratory runs on a loaded machine (not recorded) put fp32-best below bf16 + compile
     "cpu-best": Preset(dict(compile="default", loss="chunked", adamw="fused"), "CPU: 1.3-1.8x"),
     # written after a run in which another process held one of the two cores and threads1 measured 2.1x
     "cpu-best-1thread": Preset(dict(compile="default", loss="chunked", adamw="fused", threads=1),

@@ -701,7 +701,7 @@ def parse_args(argv=None):
     src.add_argument("--text-column", default="text", help="the column that holds the documents (default: %(default)s)")
     src.add_argument("--streaming", action="store_true",
                      help="read the dataset as it downloads instead of first converting all of it into the "
-                          "HF cache (sample-10BT is ~28 GB of parquet)")
+                          "HF cache (sample-10BT is ~28 GB of parquet, by the hub's listing)")
     src.add_argument("--cache-dir", default=None,
                      help="where datasets keeps downloads and Arrow files (default: $HF_DATASETS_CACHE or "
                           "~/.cache/huggingface/datasets)")

@@ -330,8 +330,9 @@ def evaluate(model, examples, device, batch_size=32, autocast_dtype=None, rank=0
     counts over ranks (all_reduce); this function never touches torch.distributed.
     The model must already be on `device`; its train/eval mode is the caller's (GPT-2 has no
     dropout, so both give the same numbers). Prints nothing unless progress=True.
-    A torch.compile'd model works, but its first call recompiles for new shapes (48 s on an H100
-    over 2,000 val examples whose eager scoring took 0.9 s): pass the plain module.
+    A torch.compile'd model works, but its first call recompiles for new shapes (48 s on an H100 over
+    2,000 val examples whose eager scoring took 0.9 s; printed on 2026-11-25, not recorded): pass the
+    plain module.
     """
     _, labels, sum_loss, num_tokens = score_examples(model, examples, device, batch_size, autocast_dtype,
                                                      rank, world_size, progress=progress)
