@@ -57,7 +57,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from gpt2_modules import GPT, MODEL_SIZES, GPTConfig
+from gpt2_modules import GPT, MODEL_SIZES, GPTConfig, first_line
 from train_gpt2 import get_lr  # the schedule, recomputed per step as in training
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -448,7 +448,7 @@ def run_config(job, log, measured=lambda result: None):
             try:
                 write_profile(job, train_step, job["warmup"] + len(times), device, log)
             except Exception as e:  # the timing above stands: a profiler that fails here must not lose it
-                result["profile_error"] = f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0]
+                result["profile_error"] = f"{type(e).__name__}: {first_line(e)}"
                 log(f"the profile failed ({result['profile_error']}); the timing is kept")
     return result
 
@@ -483,10 +483,9 @@ def worker_main(job_json):
         out.update(run_config(job, log, measured=lambda result: write(dict(out, **result, status="ok"))),
                    status="ok")
     except torch.cuda.OutOfMemoryError as e:
-        out.update(status="OOM", error=str(e).strip().splitlines()[0])
+        out.update(status="OOM", error=first_line(e))
     except Exception as e:  # any failure of one configuration is reported, and the run goes on
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        out.update(status="error", error=f"{type(e).__name__}: {first}"[:500])
+        out.update(status="error", error=f"{type(e).__name__}: {first_line(e)}"[:500])
     if out["status"] != "ok":
         log(f"{out['status']}: {out['error']}")
     write(out)

@@ -198,14 +198,13 @@ class GPT(nn.Module):
         try:
             hf, info = GPT2LMHeadModel.from_pretrained(name_or_dir, output_loading_info=True)
         except OSError as e:  # transformers reports an unreachable hub or a broken folder as OSError
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             quick = "" if os.environ.get("HF_HUB_OFFLINE") else " (and set HF_HUB_OFFLINE=1 to skip the retries)"
-            raise ValueError(f"could not load {name_or_dir!r} with transformers ({first_line}); offline, "
+            raise ValueError(f"could not load {name_or_dir!r} with transformers ({first_line(e, type(e).__name__)}); "
+                             "offline, "
                              f"pass a local folder written by save_pretrained instead{quick}") from e
         except Exception as e:  # a weights file cut short (safetensors' SafetensorError), a config of another model
-            first_line = (str(e).strip().splitlines() or [""])[0]
             raise ValueError(f"could not load {name_or_dir!r} with transformers ({type(e).__name__}: "
-                             f"{first_line})") from e
+                             f"{first_line(e)})") from e
         finally:
             for log, level in zip(hub_logs, levels):
                 log.setLevel(level)
@@ -226,7 +225,7 @@ class GPT(nn.Module):
                 model.load_state_dict(ckpt["model"])
             except (TypeError, ValueError, RuntimeError) as e:  # unknown config keys, bad sizes, weights of other shapes
                 raise ValueError(f"{source} does not hold a model this code can build "
-                                 f"({str(e).strip().splitlines()[0]})") from e
+                                 f"({first_line(e)})") from e
             if bad := next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None):
                 # sampling would stop in torch.multinomial's traceback, and an evaluation would score nothing
                 raise ValueError(f"{source} holds weights that are not finite (nan or inf in {bad}): the checkpoint "
@@ -282,7 +281,7 @@ def load_checkpoint(path, map_location="cpu"):
                              "you trust, load it with weights_only=False and save its 'model' with 'config' as "
                              "a dict (dataclasses.asdict)") from e
         raise ValueError(f"{path} is not a readable training checkpoint ({type(e).__name__}: "
-                         f"{str(e).strip().splitlines()[0] if str(e).strip() else 'unreadable'})") from e
+                         f"{first_line(e, 'unreadable')})") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path} is not a training checkpoint of this project (no 'model' and 'config' entries)")
     if not (isinstance(ckpt["model"], dict) and isinstance(ckpt["config"], dict)):
@@ -384,6 +383,15 @@ def check_seed(seed):
     """--seed as torch takes it (manual_seed, Generator.manual_seed), or a ValueError naming the flag."""
     if not -2**63 <= seed < 2**64:
         raise ValueError(f"--seed must fit in 64 bits, got {seed}")
+
+
+def first_line(e, default=""):
+    """An exception's message on one line, for an error line: its first line, and the next as well when the
+    first only announces it (torch.compile's "backend='inductor' raised:", then the cause)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return default
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
 def is_out_of_memory(e):
@@ -526,7 +534,7 @@ def main(argv=None):
     except RuntimeError as e:
         if not is_out_of_memory(e):
             raise
-        sys.exit(f"error: out of memory ({str(e).strip().splitlines()[0]}); fewer --num-samples or a smaller "
+        sys.exit(f"error: out of memory ({first_line(e)}); fewer --num-samples or a smaller "
                  "--max-length need less")
 
 

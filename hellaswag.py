@@ -43,7 +43,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from gpt2_modules import AUTOCAST, GPT, autocast, default_dtype, is_out_of_memory, resolve_device
+from gpt2_modules import AUTOCAST, GPT, autocast, default_dtype, first_line, is_out_of_memory, resolve_device
 from gpt2_tokenizer import TokenizerUnavailable, folder_error, get_encoding
 
 # -----------------------------------------------------------------------------
@@ -388,11 +388,11 @@ def main(argv=None):
             model = GPT.load(args.model)
         except (RuntimeError, TypeError, KeyError) as e:  # a checkpoint whose config and weights disagree
             raise ValueError(f"could not build a GPT from {args.model} ({type(e).__name__}: "
-                             f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'})") from e
+                             f"{first_line(e, 'no detail')})") from e
         try:
             model.to(device).eval()
         except (RuntimeError, AssertionError) as e:  # no such device, or torch built without it
-            raise ValueError(f"cannot use device {device!r} ({str(e).strip().splitlines()[0]})") from e
+            raise ValueError(f"cannot use device {device!r} ({first_line(e)})") from e
         print(f"model {args.model}: {model.num_params() / 1e6:.2f}M parameters, on {device}, "
               f"{'bfloat16 autocast' if dtype else 'float32'}, {args.batch_size} examples per forward pass")
         print(f"HellaSwag{'' if args.file else ' ' + split}: {len(examples)} examples from {file}")
@@ -404,7 +404,7 @@ def main(argv=None):
     except RuntimeError as e:
         if not is_out_of_memory(e):
             raise
-        sys.exit(f"error: out of memory ({str(e).strip().splitlines()[0]}); a smaller --batch-size needs less")
+        sys.exit(f"error: out of memory ({first_line(e)}); a smaller --batch-size needs less")
     print(f"acc:      {num_correct}/{num_total}={num_correct / num_total:.4f}  (lowest summed loss)")
     print(f"acc_norm: {num_correct_norm}/{num_total}={num_correct_norm / num_total:.4f}  "
           f"(lowest average loss per token: the lecture's number)")

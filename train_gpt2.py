@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from dataloaderlite import DataLoaderLite
 from fineweb import LOCAL_DIR, fsync_dir
 from gpt2_modules import (ADAMW_BETAS, AUTOCAST, GPT, MODEL_SIZES, NUM_SAMPLES, PROMPT, SAMPLE_LENGTH, SAMPLE_SEED,
-                          GPTConfig, HelpFormatter, check_seed, default_dtype, generate, is_out_of_memory,
+                          GPTConfig, HelpFormatter, check_seed, default_dtype, first_line, generate, is_out_of_memory,
                           load_checkpoint, resolve_device)
 from gpt2_tokenizer import TokenizerUnavailable, get_encoding
 
@@ -973,11 +973,11 @@ def main(argv=None):
             # this rank waited in a collective for one that stopped: that one's own error line says why
             fail("another process of this run stopped (its error line says why)", rank0_only=True)
         if is_out_of_memory(e):
-            fail(f"out of memory ({str(e).strip().splitlines()[0]}); a smaller --batch-size needs less, and gradient "
+            fail(f"out of memory ({first_line(e)}); a smaller --batch-size needs less, and gradient "
                  "accumulation keeps --total-batch-size (README: Other GPU counts, 40 GB cards)")
         if not is_compile_failure(e):
             raise
-        fail(f"torch.compile failed on this machine ({str(e).strip().splitlines()[0]}); run with --no-compile "
+        fail(f"torch.compile failed on this machine ({first_line(e)}); run with --no-compile "
              "(on a CPU, compiling needs a C++ compiler and Python's headers)")
     finally:
         lock.release()

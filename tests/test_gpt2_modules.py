@@ -646,3 +646,18 @@ def test_out_of_memory_is_recognised_from_the_cpu_allocator_and_cuda():
     assert gpt2_modules.is_out_of_memory(e.value)
     assert gpt2_modules.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert not gpt2_modules.is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+def test_first_line_of_a_compile_failure_names_its_cause():
+    # torch.compile's error starts "backend='...' raised:" and gives the cause on the next line: an error line
+    # that kept only the first line said nothing (seen once: "torch.compile failed ... (backend='inductor' raised:)")
+    def failing_backend(gm, example_inputs):
+        raise RuntimeError("the C++ compiler crashed")
+
+    compiled = torch.compile(lambda x: x.sin() + 1, backend=failing_backend)
+    with pytest.raises(Exception) as e:
+        compiled(torch.ones(3))
+    assert gpt2_modules.first_line(e.value) == "backend='failing_backend' raised: RuntimeError: the C++ compiler crashed"
+    assert gpt2_modules.first_line(RuntimeError("  one line \nthe rest")) == "one line"
+    assert gpt2_modules.first_line(ValueError(""), "no detail") == "no detail"
+    assert gpt2_modules.first_line(ValueError("ends with a colon:")) == "ends with a colon:"
