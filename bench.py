@@ -708,7 +708,9 @@ def main(argv=None):
 
     what = {"median": "the median of all timed steps", "best-round": "the best round's median step",
             "fastest": "the fastest timed step"}[args.estimator]
-    print(f"\ntok/s: {what}; MFU n/a where the peak is unknown (CPU)")
+    memory = ("the tensors torch allocated (max_memory_allocated)" if device_type == "cuda" else
+              "the worker process's peak RSS, torch's own included")
+    print(f"\ntok/s: {what}; MFU n/a where the peak is unknown (CPU); peak mem: {memory}")
     print(format_table(rows, args.seq_len), flush=True)
     statuses = ", ".join(f"{n} {status}" for status, n in collections.Counter(r["status"] for r in rows).items())
     unsaved = [r["config"] for r in rows if not r["appended"]]

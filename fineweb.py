@@ -279,9 +279,11 @@ class ShardWriter:
     # -- writing
 
     def add(self, tokens):
+        """Write tokens into the shards; returns how many were new (a resumed stream's first are not)."""
         if self.skip:  # the head of the document the last complete shard ends in
             n = min(self.skip, len(tokens))
             tokens, self.skip = tokens[n:], self.skip - n
+        new = len(tokens)
         while len(tokens):
             if self.buf is None:
                 self.buf = np.empty(self.shard_size, dtype=np.uint16)
@@ -298,6 +300,7 @@ class ShardWriter:
                 self.doc_tokens_written += len(piece)
             if self.fill == self.shard_size:
                 self._commit()
+        return new
 
     def finish(self):
         """Writes the last, partial shard and marks the manifest complete."""
@@ -382,8 +385,7 @@ def write_shards(documents, local_dir, shard_size=10**8, num_proc=None, *, confi
                       desc="tokens", disable=not progress) as bar:
                 # two tasks per worker in flight: one running and one queued, so no worker waits on the reader
                 for n, tokens in tokenize_documents(_task_batches(texts, start), pool, window=2 * num_proc):
-                    writer.add(tokens)
-                    bar.update(len(tokens))
+                    bar.update(writer.add(tokens))  # not the resumed document's head, already in a shard
                     docs_done += n
                     if total:  # the token total is not known in advance: extrapolate it from the documents
                         bar.total = max(int(bar.n * total / docs_done), bar.n)
@@ -841,7 +843,7 @@ def main(argv=None):
         sys.exit(130)
     s = summary
     s["open_seconds"] = opened.get("seconds", 0.0)
-    shards = f"{s['shards']} shards ({min(s['shards'], 1)} val, {max(s['shards'] - 1, 0)} train"
+    shards = f"{s['shards']} shard{'' if s['shards'] == 1 else 's'} ({min(s['shards'], 1)} val, {max(s['shards'] - 1, 0)} train"
     if s["new_tokens"] == 0:
         print(f"fineweb: nothing to do, {args.local_dir} already holds all {shards}): "
               f"{s['documents']:,} documents, {s['tokens']:,} tokens")

@@ -94,7 +94,7 @@ def download(split="val", folder=None, url=None, sha256=None, progress=True, tim
         digest, size = hashlib.sha256(), 0
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="iB", unit_scale=True, desc=os.path.basename(path),
+            with tqdm(total=total, unit="iB", unit_scale=True, unit_divisor=1024, desc=os.path.basename(path),
                       disable=not progress) as bar:
                 while chunk := response.read(1 << 20):
                     f.write(chunk)

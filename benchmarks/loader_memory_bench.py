@@ -71,7 +71,7 @@ def measure(loader, path, B, T):
             x, y = dl.next_batch()
             checksum += int(x[0, 0]) + int(y[-1, -1])
     after = proc_status_kb()
-    mb = lambda kb: round(kb / 1024, 1)
+    mb = lambda kb: round(kb * 1024 / 1e6, 1)  # /proc's "kB" are KiB; MB here is 10^6 bytes, as the shard's line
     print(json.dumps(dict(peak_rss_increase_mb=mb(after["VmHWM"] - before["VmRSS"]),
                           anon_increase_at_end_mb=mb(after["RssAnon"] - before["RssAnon"]),
                           file_backed_increase_at_end_mb=mb(after["RssFile"] - before["RssFile"]),
@@ -127,6 +127,7 @@ def main():
               f"{r['file_backed_increase_at_end_mb']:>16.1f}")
     record = dict(benchmark="loader_memory", machine=args.machine, date=datetime.date.today().isoformat(),
                   shard_tokens=args.tokens, B=args.B, T=args.T, batches=results["lecture"]["batches"],
+                  unit="MB = 10^6 bytes",
                   measured="per fresh process: VmHWM after reading every batch minus VmRSS before making the "
                            "loader (high-water mark reset after imports); anon/file-backed RSS at the end",
                   results=results)

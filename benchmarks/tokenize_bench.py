@@ -147,7 +147,8 @@ def cpu_model():
 
 
 def worker_seconds(corpus, repeats, n_docs=2000):
-    """One core, no processes: seconds of each scheme's worker code on the same documents (best of repeats)."""
+    """One core, no processes: seconds of each scheme's worker code on the same first n_docs documents (best of
+    repeats), and how many documents that was (fewer in a small corpus)."""
     with open(corpus, encoding="utf-8") as f:
         rows = [json.loads(line) for _, line in zip(range(n_docs), f)]
     texts = [row["text"] for row in rows]
@@ -162,7 +163,7 @@ def worker_seconds(corpus, repeats, n_docs=2000):
         for batch in batches:
             fineweb.tokenize_batch(batch)
         best["fineweb"] = min(best["fineweb"], time.perf_counter() - t0)
-    return best
+    return best, len(rows)
 
 
 def read_stream(folder):
@@ -229,7 +230,7 @@ def main():
                 print(f"  run {r + 1}: {name:8s} {seconds:6.2f} s  {len(tokens) / seconds:12,.0f} tokens/s"
                       f"  (load average {os.getloadavg()[0]:.2f})", flush=True)
 
-    worker = worker_seconds(corpus, args.repeats)
+    worker, worker_docs = worker_seconds(corpus, args.repeats)
     best = {name: len(tokens) / min(t) for name, t in times.items()}
     median = {name: len(tokens) / statistics.median(t) for name, t in times.items()}
     ratio = best["fineweb"] / best["lecture"]
@@ -241,7 +242,7 @@ def main():
           f"{median['fineweb']:,.0f} (median)")
     print(f"ratio: {ratio:.2f}x (best), {median['fineweb'] / median['lecture']:.2f}x (median)")
     print(f"worker code alone, one core: lecture {worker['lecture']:.3f} s, fineweb.py {worker['fineweb']:.3f} s "
-          f"on the same 2,000 documents ({worker['lecture'] / worker['fineweb']:.2f}x)")
+          f"on the same {worker_docs:,} documents ({worker['lecture'] / worker['fineweb']:.2f}x)")
 
     if not args.no_record:
         memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
@@ -255,7 +256,7 @@ def main():
             lecture_tokens_per_s=round(best["lecture"]), fineweb_tokens_per_s=round(best["fineweb"]),
             ratio=round(ratio, 2), ratio_median=round(median["fineweb"] / median["lecture"], 2),
             seconds=dict((k, [round(x, 3) for x in v]) for k, v in times.items()),
-            worker_seconds_one_core={k: round(v, 3) for k, v in worker.items()},
+            worker_seconds_one_core={k: round(v, 3) for k, v in worker.items()}, worker_documents=worker_docs,
             load_average_after=round(os.getloadavg()[0], 2), note=args.note,
         )
         with open(RESULTS, "a") as f:

@@ -2,6 +2,7 @@
 traceback nor a hang. Each run stops at its argument checks; the old code failed on each of these cases only after
 (or while) measuring, or not at all."""
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -128,3 +129,15 @@ def test_hellaswag_bench_with_no_warm_up_times_cold(tmp_path, val):
     r = run("hellaswag_bench.py", *TINY_GPT, "--file", val, "--batch-size", "1", "--warmup", "0", "--no-record")
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert [line.split()[0] for line in r.stdout.splitlines()[-3:]] == ["lecture,", "1", "1"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="reads Linux's /proc/self/status")
+def test_loader_memory_bench_reports_megabytes_as_its_labels_say(tmp_path):
+    # /proc counts in KiB: the figures were MiB under "MB" labels, beside a shard size in MB (10^6 bytes).
+    # The lecture's loader ends holding the whole shard as int64: 10M tokens x 8 bytes = 80.0 MB (76.3 MiB)
+    r = run("loader_memory_bench.py", "--tokens", 10_000_000, "-B", 16, "-T", 1024, "--results", tmp_path / "r.jsonl")
+    assert r.returncode == 0, r.stderr
+    line = json.loads((tmp_path / "r.jsonl").read_text())
+    assert line["unit"] == "MB = 10^6 bytes"
+    assert 78.5 <= line["results"]["lecture"]["anon_increase_at_end_mb"] < 86.0, line["results"]
+    assert "shard: 10,000,000 tokens (20 MB)" in r.stdout

@@ -419,6 +419,21 @@ def test_resume_where_shards_end_exactly_at_document_ends(tmp_path, enc, one_doc
     assert [len(np.load(p)) for p in shard_files(out)] == [200, 200, 200, 200, 100]
 
 
+def test_a_resumed_runs_progress_bar_counts_the_tokens_in_the_shards_not_the_head_it_skips(tmp_path, enc, capsys,
+                                                                                        one_document_per_task):
+    # a rerun tokenizes the document the last kept shard ends in again and drops its head: the bar counted those
+    # tokens twice, ending past the total the summary printed
+    docs = ["hello" + " hello" * 98] * 9  # 100 tokens each with <|endoftext|>: 900
+    out = str(tmp_path / "out")
+    with pytest.raises(KeyboardInterrupt):
+        fineweb.write_shards(interrupted(docs, 7), out, shard_size=SHARD, num_proc=1, progress=False)
+    capsys.readouterr()
+    summary = fineweb.write_shards(lambda start: docs[start:], out, shard_size=SHARD, num_proc=1)
+    assert summary["tokens"] == 900
+    last = re.split(r"[\r\n]", capsys.readouterr().err.strip())[-1]
+    assert re.match(r"tokens: 100%\|[^|]*\| 900/900 ", last), last
+
+
 def test_a_rerun_given_a_plain_list_skips_exactly_the_documents_already_written(tmp_path, enc, one_document_per_task):
     # guards _skip, which seeks an iterable (not a function of `start`) past the documents the kept shards hold:
     # the resumes above all pass a function, so skipping one document too few (or too many) went unseen

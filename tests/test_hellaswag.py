@@ -381,6 +381,16 @@ def test_download_writes_the_file_once_and_reuses_it(tmp_path):
         server.close()
 
 
+def test_the_download_bar_counts_mebibytes_as_its_unit_says(tmp_path, capsys):
+    # "iB" promises binary prefixes: 3 MiB showed as 3.15M (decimal) before unit_divisor=1024
+    server = Server(b"x" * 3 * 2**20)
+    try:
+        hellaswag.download("val", folder=str(tmp_path), url=server.url, sha256=None)
+    finally:
+        server.close()
+    assert "3.00M/3.00M" in capsys.readouterr().err
+
+
 def test_download_cut_short_leaves_no_partial_file(tmp_path):
     server = Server(b"x" * 10_000, send_bytes=1_000)
     try:
