@@ -688,25 +688,30 @@ def test_a_full_disk_while_appending_to_log_txt_names_the_file(tmp_path):
                             "free some space, then continue with --resume auto from the newest checkpoint")
 
 
-def test_full_disk_at_the_first_checkpoint_does_not_offer_a_checkpoint_to_continue_from(tmp_path, monkeypatch):
-    # with no earlier checkpoint, "continue with --resume auto" would promise what is not there: it starts over
-    class DiskFull:
+def save_checkpoint_whose_write_fails(path, step, error, monkeypatch):
+    """save_checkpoint of a small model, where every write() past the file's first bytes raises `error`."""
+    class Failing:
         def write(self, data):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise error
 
-    class FullAfterTheFirstBytes(train_gpt2.HashingWriter):
+    class FailingAfterTheFirstBytes(train_gpt2.HashingWriter):
         def write(self, data):
             if self.size:
-                self.f = DiskFull()
+                self.f = Failing()
             return super().write(data)
 
-    monkeypatch.setattr(train_gpt2, "HashingWriter", FullAfterTheFirstBytes)
+    monkeypatch.setattr(train_gpt2, "HashingWriter", FailingAfterTheFirstBytes)
     model = torch.nn.Linear(64, 64)
     model.config = train_gpt2.GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=16)
     optimizer = torch.optim.AdamW(model.parameters())
+    train_gpt2.save_checkpoint(str(path), model, optimizer, step, {}, train_gpt2.parse_args([]))
+
+
+def test_full_disk_at_the_first_checkpoint_does_not_offer_a_checkpoint_to_continue_from(tmp_path, monkeypatch):
+    # with no earlier checkpoint, "continue with --resume auto" would promise what is not there: it starts over
     path = tmp_path / "model_00005.pt"
     with pytest.raises(train_gpt2.CheckpointError) as e:
-        train_gpt2.save_checkpoint(str(path), model, optimizer, 5, {}, train_gpt2.parse_args([]))
+        save_checkpoint_whose_write_fails(path, 5, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), monkeypatch)
     assert str(e.value) == (f"cannot write the checkpoint {path} (No space left on device: is the disk full?); free "
                             "some space, then run again: there is no earlier checkpoint to continue from, so the "
                             "run starts over")
@@ -715,24 +720,10 @@ def test_full_disk_at_the_first_checkpoint_does_not_offer_a_checkpoint_to_contin
 
 def test_a_second_ctrl_c_while_a_checkpoint_is_written_is_an_interrupt_not_a_runtime_error(tmp_path, monkeypatch):
     # torch's writer turns an exception in the file's write() into RuntimeError('unexpected pos ...'); a second
-    # Ctrl-C there was a traceback and exit 1 instead of `error: interrupted` and 130
-    class Interrupted:
-        def write(self, data):
-            raise KeyboardInterrupt  # what Python raises where the SIGINT handler runs
-
-    class CtrlCWhileWriting(train_gpt2.HashingWriter):
-        def write(self, data):
-            if self.size:  # past the first bytes, Ctrl-C arrives while the file's write() runs
-                self.f = Interrupted()
-            return super().write(data)
-
-    monkeypatch.setattr(train_gpt2, "HashingWriter", CtrlCWhileWriting)
-    model = torch.nn.Linear(64, 64)
-    model.config = train_gpt2.GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=16)
-    optimizer = torch.optim.AdamW(model.parameters())
-    args = train_gpt2.parse_args([])
+    # Ctrl-C there was a traceback and exit 1 instead of `error: interrupted` and 130. Past the first bytes, the
+    # KeyboardInterrupt is raised where the SIGINT handler runs: in the file's write()
     with pytest.raises(KeyboardInterrupt):
-        train_gpt2.save_checkpoint(str(tmp_path / "model_00001.pt"), model, optimizer, 1, {}, args)
+        save_checkpoint_whose_write_fails(tmp_path / "model_00001.pt", 1, KeyboardInterrupt(), monkeypatch)
     assert not os.path.exists(tmp_path / "model_00001.pt")  # the .tmp is removed at the next start
 
 
