@@ -32,10 +32,10 @@ the lecture's settings (bf16 autocast, eager) ~1,500 tok/s; on a quiet machine (
 1.37x and float32 0.79x. Three runs on a loaded machine (3 rounds, --cold-compile) spread widely:
 --compile 1.24x, 1.55x and 1.32x, the chunked loss alone 0.84x and 0.89x (it halves the memory), fused
 AdamW 1.17x and 1.15x, all three together 1.32x, 0.66x and 1.33x; one thread instead of two 0.64x in
-one run and 2.12x in another, where other processes held the cores. On one H100 (torch 2.11, gpt2 124M, B=64, T=1024, 262,144 tokens
-a step): the lecture's settings 476,500 tok/s = 41.2% MFU, 44.3 GB, 34 s to the first step; SDPA
-already picks cuDNN there (cudnn = 1.000x); chunked-ce 0.963x at 27.4 GB; best 0.972x; best-b128 0.994x
-at 49.8 GB.
+one run and 2.12x in another, where other processes held the cores. On one H100 (torch 2.11, gpt2
+124M, B=64, T=1024, 262,144 tokens a step): the lecture's settings 476,500 tok/s = 41.2% MFU, 44.3 GB,
+34 s to the first step; SDPA already picks cuDNN there (cudnn = 1.000x); chunked-ce 0.963x at 27.4 GB;
+best 0.972x; best-b128 0.994x at 49.8 GB.
 """
 
 import argparse

@@ -843,7 +843,8 @@ def main(argv=None):
         sys.exit(130)
     s = summary
     s["open_seconds"] = opened.get("seconds", 0.0)
-    shards = f"{s['shards']} shard{'' if s['shards'] == 1 else 's'} ({min(s['shards'], 1)} val, {max(s['shards'] - 1, 0)} train"
+    shards = (f"{s['shards']} shard{'' if s['shards'] == 1 else 's'} ({min(s['shards'], 1)} val, "
+              f"{max(s['shards'] - 1, 0)} train")
     if s["new_tokens"] == 0:
         print(f"fineweb: nothing to do, {args.local_dir} already holds all {shards}): "
               f"{s['documents']:,} documents, {s['tokens']:,} tokens")

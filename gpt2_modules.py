@@ -200,8 +200,7 @@ class GPT(nn.Module):
         except OSError as e:  # transformers reports an unreachable hub or a broken folder as OSError
             quick = "" if os.environ.get("HF_HUB_OFFLINE") else " (and set HF_HUB_OFFLINE=1 to skip the retries)"
             raise ValueError(f"could not load {name_or_dir!r} with transformers ({first_line(e, type(e).__name__)}); "
-                             "offline, "
-                             f"pass a local folder written by save_pretrained instead{quick}") from e
+                             f"offline, pass a local folder written by save_pretrained instead{quick}") from e
         except Exception as e:  # a weights file cut short (safetensors' SafetensorError), a config of another model
             raise ValueError(f"could not load {name_or_dir!r} with transformers ({type(e).__name__}: "
                              f"{first_line(e)})") from e

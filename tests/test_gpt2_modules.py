@@ -657,7 +657,8 @@ def test_first_line_of_a_compile_failure_names_its_cause():
     compiled = torch.compile(lambda x: x.sin() + 1, backend=failing_backend)
     with pytest.raises(Exception) as e:
         compiled(torch.ones(3))
-    assert gpt2_modules.first_line(e.value) == "backend='failing_backend' raised: RuntimeError: the C++ compiler crashed"
+    assert gpt2_modules.first_line(e.value) == \
+        "backend='failing_backend' raised: RuntimeError: the C++ compiler crashed"
     assert gpt2_modules.first_line(RuntimeError("  one line \nthe rest")) == "one line"
     assert gpt2_modules.first_line(ValueError(""), "no detail") == "no detail"
     assert gpt2_modules.first_line(ValueError("ends with a colon:")) == "ends with a colon:"
