@@ -1,6 +1,6 @@
 """benchmarks/*.py given bad input: one `error:` line and a non-zero exit before anything is measured, never a
 traceback nor a hang. Each run stops at its argument checks; the old code failed on each of these cases only after
-(or while) measuring, or not at all."""
+(or while) measuring, or not at all. At the end, one small real measurement: the units loader_memory_bench prints."""
 import dataclasses
 import json
 import os
