@@ -178,6 +178,9 @@ DEFAULT_CONFIGS = {
 # dense bf16 tensor-core peak per GPU (NVIDIA data sheets; H100 SXM = "NVIDIA H100 80GB HBM3"); first match wins
 PEAK_BF16_TFLOPS = (("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989), ("H200", 989), ("A100", 312))
 
+# what "peak mem" measures on each device: the JSON line's peak_mem_kind and the table's legend
+PEAK_MEMORY_KIND = {"cuda": "torch.cuda.max_memory_allocated", "cpu": "peak RSS of the process"}
+
 
 def peak_tflops(device_name):
     return next((tflops for key, tflops in PEAK_BF16_TFLOPS if key in device_name), None)
@@ -439,8 +442,7 @@ def run_config(job, log, measured=lambda result: None):
                       tok_per_s=tokens / statistics.median(times), tok_per_s_window=tokens * len(times) / window,
                       peak_mem_gb=(torch.cuda.max_memory_allocated() if device.type == "cuda" else
                                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 1e9,
-                      peak_mem_kind=("torch.cuda.max_memory_allocated" if device.type == "cuda" else
-                                     "peak RSS of the process"),
+                      peak_mem_kind=PEAK_MEMORY_KIND[device.type],
                       threads=torch.get_num_threads())
 
         if job.get("profile"):
@@ -708,9 +710,7 @@ def main(argv=None):
 
     what = {"median": "the median of all timed steps", "best-round": "the best round's median step",
             "fastest": "the fastest timed step"}[args.estimator]
-    memory = ("the tensors torch allocated (max_memory_allocated)" if device_type == "cuda" else
-              "the worker process's peak RSS, torch's own included")
-    print(f"\ntok/s: {what}; MFU n/a where the peak is unknown (CPU); peak mem: {memory}")
+    print(f"\ntok/s: {what}; MFU n/a where the peak is unknown (CPU); peak mem: {PEAK_MEMORY_KIND[device_type]}")
     print(format_table(rows, args.seq_len), flush=True)
     statuses = ", ".join(f"{n} {status}" for status, n in collections.Counter(r["status"] for r in rows).items())
     unsaved = [r["config"] for r in rows if not r["appended"]]
