@@ -104,11 +104,11 @@ def main(argv=None):
             overrides = {k: v for k, v in (("n_layer", args.n_layer), ("n_head", args.n_head),
                                            ("n_embd", args.n_embd)) if v is not None}
             model = GPT(GPTConfig.named(args.model_size, vocab_size=args.vocab_size, **overrides))
-        # every example rendered once before timing: one that does not fit the model fails here, in hellaswag.py's
-        # words, not as a traceback in the middle of the measuring
+        # the tokenizing alone, a fixed cost inside every scheme's time, timed before the schemes: an example that
+        # does not fit the model fails here, in hellaswag.py's words, not as a traceback in the middle of them
         enc = hellaswag.get_encoding()
-        for ex in examples:
-            hellaswag.render_example(ex, enc, model.config.block_size)
+        _, t_render = timed(lambda: [hellaswag.render_example(ex, enc, model.config.block_size) for ex in examples],
+                            device)
     except (ValueError, TokenizerUnavailable) as e:
         sys.exit(f"error: {e}")
     model.to(device).eval()
@@ -149,8 +149,6 @@ def main(argv=None):
     if args.warmup:  # none with --warmup 0: the schemes cannot score an empty list
         for _, fn in schemes:  # warm-up: allocator, kernels, tokenizer
             timed(lambda: fn(examples[:args.warmup]), device)
-    # the tokenizing alone, a fixed cost inside every scheme's time
-    _, t_render = timed(lambda: [hellaswag.render_example(ex, enc, c.block_size) for ex in examples], device)
     print(f"tokenizing and rendering alone: {t_render:.2f} s (included in every time below)")
     labels = torch.tensor([ex["label"] for ex in examples])
     n = len(examples)
