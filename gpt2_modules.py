@@ -309,9 +309,9 @@ def _check_plain_gpt2(hf, info, name):
     c = hf.config
     if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh") or c.scale_attn_by_inverse_layer_idx \
             or c.reorder_and_upcast_attn or not c.scale_attn_weights or abs(c.layer_norm_epsilon - 1e-5) > 1e-12 \
-            or c.n_inner not in (None, 4 * c.n_embd) or not c.tie_word_embeddings:
-        raise ValueError(f"{name!r} is a GPT-2 variant this model does not implement (activation, "
-                         "attention scaling, LayerNorm epsilon, MLP width or untied output weights differ)")
+            or c.n_inner not in (None, 4 * c.n_embd) or not c.tie_word_embeddings or c.add_cross_attention:
+        raise ValueError(f"{name!r} is a GPT-2 variant this model does not implement (activation, attention "
+                         "scaling, LayerNorm epsilon, MLP width, untied output weights or cross-attention differ)")
     # transformers fills weights missing from the files with random ones, and only says so in its log
     absent = sorted(k for k in info["missing_keys"]
                     if not k.endswith((".attn.bias", ".attn.masked_bias", "lm_head.weight")))

@@ -318,10 +318,11 @@ def test_token_id_out_of_vocab_raises_value_error():
 
 
 @pytest.mark.parametrize("change", [dict(activation_function="relu"), dict(layer_norm_epsilon=1e-6),
-                                    dict(n_inner=96), dict(tie_word_embeddings=False)])
+                                    dict(n_inner=96), dict(tie_word_embeddings=False),
+                                    dict(add_cross_attention=True)])
 def test_a_gpt2_variant_this_model_does_not_implement_is_refused(tmp_path, change):
     # untied output weights used to load silently: lm_head's matrix overwrote the shared embedding (wrong logits);
-    # another MLP width failed in load_state_dict with a traceback
+    # another MLP width, or cross-attention (an encoder-decoder's GPT-2), failed in load_state_dict with a traceback
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=16, vocab_size=100, **change)) \
         .save_pretrained(tmp_path / "hf")
     with pytest.raises(ValueError, match="is a GPT-2 variant this model does not implement"):
