@@ -238,7 +238,7 @@ def setup_distributed(device_arg):
     """(rank, local_rank, world_size, device) for this process; joins the process group under torchrun."""
     rank, local_rank, world_size = process_env()
     device_arg = resolve_device(device_arg)  # auto: cuda, mps or cpu; a device this machine lacks is an error
-    device = f"cuda:{local_rank}" if device_arg == "cuda" else device_arg
+    device = cuda_device(local_rank, torch.cuda.device_count()) if device_arg == "cuda" else device_arg
     if device_arg == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1:
@@ -247,6 +247,14 @@ def setup_distributed(device_arg):
         with default_signal_handling():
             dist.init_process_group(backend="nccl" if device_arg == "cuda" else "gloo")
     return rank, local_rank, world_size, device
+
+
+def cuda_device(local_rank, n_gpus):
+    """This process's GPU: one per process on each machine, picked by torchrun's LOCAL_RANK."""
+    if local_rank >= n_gpus:  # else torch.cuda.set_device fails with "invalid device ordinal" and a traceback
+        raise ConfigError(f"LOCAL_RANK is {local_rank} but this machine has {n_gpus} GPU(s): start at most "
+                          f"{n_gpus} process(es) on it (torchrun --nproc_per_node={n_gpus})")
+    return f"cuda:{local_rank}"
 
 
 @contextmanager
@@ -538,7 +546,7 @@ def checkpoint_problem(path, need_sidecar=True):
         with open(sidecar) as f:
             expected = json.load(f)
         size, sha = int(expected["bytes"]), str(expected["sha256"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, OverflowError) as e:  # OverflowError: "bytes": Infinity
         return f"its sidecar {sidecar} is unreadable ({e})"
     if os.path.getsize(path) != size:
         return f"it has {os.path.getsize(path):,} bytes, not the {size:,} its sidecar records: it is truncated"

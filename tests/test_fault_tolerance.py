@@ -521,6 +521,18 @@ def test_resume_auto_takes_the_newest_checkpoint_that_matches_its_sidecar(tmp_pa
     assert "sidecar" in warnings[2] and "unreadable" in warnings[2]
 
 
+@pytest.mark.parametrize("record", ['{"bytes": Infinity, "sha256": "0"}', '{"bytes": NaN, "sha256": "0"}',
+                                    '{"bytes": "many", "sha256": "0"}', '[1, 2]'])
+def test_a_sidecar_with_a_record_that_is_not_a_size_makes_its_checkpoint_skipped_not_a_traceback(tmp_path, record):
+    # json reads Infinity, and int(inf) is an OverflowError, which the sidecar check once let through
+    fake_checkpoints(tmp_path, [4, 8])
+    (tmp_path / "model_00008.pt.json").write_text(record)
+    warnings = []
+    assert train_gpt2.find_resume_checkpoint("auto", str(tmp_path), warn=warnings.append) == \
+        str(tmp_path / "model_00004.pt")
+    assert len(warnings) == 1 and "model_00008.pt.json is unreadable" in warnings[0], warnings
+
+
 def tiny_model_and_optimizer():
     model = torch.nn.Linear(64, 64)
     model.config = train_gpt2.GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=16)

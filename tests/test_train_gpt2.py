@@ -757,6 +757,15 @@ def test_device_cuda_without_a_gpu_is_an_error_line(data_root, tmp_path):
     assert "--device cuda" in line and "no CUDA GPU" in line
 
 
+def test_more_processes_than_gpus_is_an_error_line_that_names_the_count():
+    # torchrun --nproc_per_node=8 on a 4-GPU machine: ranks 4-7 died in torch.cuda.set_device with a traceback
+    assert [train_gpt2.cuda_device(r, 4) for r in range(4)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    with pytest.raises(train_gpt2.ConfigError) as e:
+        train_gpt2.cuda_device(4, 4)
+    assert str(e.value) == ("LOCAL_RANK is 4 but this machine has 4 GPU(s): start at most 4 process(es) on it "
+                            "(torchrun --nproc_per_node=4)")
+
+
 def test_an_empty_tokenizer_cache_offline_is_an_error_line_before_the_model_is_built(data_root, tmp_path):
     # the samples need the tokenizer; it used to be fetched after the model was built and compiled
     env = {"TIKTOKEN_CACHE_DIR": str(tmp_path / "empty_cache"), "NO_PROXY": "", "no_proxy": "", **NO_NETWORK}
