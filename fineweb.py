@@ -57,6 +57,11 @@ class FinewebError(Exception):
     """A problem with the input or the arguments that the user can fix; main() prints it as one line."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a plain `kill`, a job scheduler's stop): handled as Ctrl-C, so the pool's workers end with the
+    parent instead of each printing a BrokenPipeError traceback."""
+
+
 # -----------------------------------------------------------------------------
 # tokenization (runs in the worker processes)
 
@@ -64,6 +69,7 @@ def _init_worker():
     # Ctrl-C reaches the whole process group; let only the parent handle it, so that an
     # interrupted run prints one line instead of one KeyboardInterrupt traceback per worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler, inherited through fork
 
 
 @contextlib.contextmanager
@@ -182,6 +188,32 @@ def atomic_write(path, write):
 class _WriteOnly:
     def __init__(self, f):
         self.write = f.write
+
+
+@contextlib.contextmanager
+def folder_lock(local_dir):
+    """One fineweb.py at a time in local_dir: two would each write the shards of their own input under the same
+    names, and the manifest of the last to write, both ending without an error.
+
+    flock() on the folder itself, as train_gpt2.py's log folder: no file left behind, and the kernel drops the
+    lock when the process ends, however it ends. Without flock (Windows, some network filesystems), no check."""
+    try:
+        import fcntl
+        fd = os.open(local_dir, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FinewebError(f"another fineweb.py is writing shards in {local_dir} (it holds the folder's lock): "
+                               "let it finish or stop it first, or pass another --local-dir") from None
+        except OSError:  # no locks on this filesystem
+            pass
+        yield
+    finally:
+        os.close(fd)  # and with it the lock
 
 
 def shard_name(prefix, index):
@@ -369,6 +401,14 @@ def write_shards(documents, local_dir, shard_size=10**8, num_proc=None, *, confi
     enc = get_encoding()  # fail here, in one process, if the tokenizer files are missing
     assert enc.n_vocab <= 2**16, "uint16 shards need a vocabulary of at most 65,536 tokens"
     config = dict(config or {}, tokenizer="gpt2", shard_size=shard_size, prefix=prefix)
+    os.makedirs(local_dir, exist_ok=True)  # now, to lock it before its manifest is read
+    with folder_lock(local_dir):
+        return _write_shards(documents, local_dir, shard_size, num_proc, config, total_documents, start_method,
+                             prefix, progress)
+
+
+def _write_shards(documents, local_dir, shard_size, num_proc, config, total_documents, start_method, prefix,
+                  progress):
     writer = ShardWriter(local_dir, shard_size, config, prefix)
     start = writer.load()
     reused = len(writer.shards)
@@ -457,6 +497,25 @@ def folder_files(folder):
     return found
 
 
+def check_folder_read_whole(datasets, folder, name):
+    """datasets infers which of a folder's files to read: files of one kind only (the most common one), and once
+    some names say a split (web_train.jsonl), only files named for a split. Another data file beside them would
+    be left out without a word: an error instead. A README.md that declares configs names the files itself."""
+    readme = os.path.join(folder, "README.md")
+    if os.path.isfile(readme):
+        from huggingface_hub import DatasetCard
+        if DatasetCard.load(readme).data.get("configs"):
+            return
+    data_files = datasets.load_dataset_builder(folder, name=name).config.data_files or {}
+    read = {os.path.realpath(f) for files in data_files.values() for f in files}
+    unread = [f for f in folder_files(folder) if data_extension(f) in DATA_EXTENSIONS and os.path.realpath(f) not in read]
+    if unread:
+        more = f" and {len(unread) - 1} more" if len(unread) > 1 else ""
+        raise FinewebError(f"--dataset {folder}: datasets would not read {unread[0]}{more} (it reads one kind of "
+                           "file, and when some file names say a split, only those); rename it, move it out, or "
+                           "name the files to read with --files")
+
+
 def file_record(path):
     # size and mtime: a file edited between runs must not be resumed into shards of its old text
     return dict(path=path, bytes=os.path.getsize(path), mtime_ns=os.stat(path).st_mtime_ns)
@@ -485,6 +544,7 @@ def open_dataset(datasets, dataset, remote_name, files, streaming, cache_dir, nu
         if streaming:
             ds = ds.to_iterable_dataset()
     elif os.path.isdir(dataset):  # a local folder of data files
+        check_folder_read_whole(datasets, dataset, remote_name)
         # the data files that datasets would read: .txt ones alone make it use its text builder
         kinds = {data_extension(f) for f in folder_files(dataset)} & DATA_EXTENSIONS
         kwargs = dict(sample_by="document") if kinds == {".txt"} else {}  # as with --files: a .txt file is a document
@@ -512,7 +572,8 @@ def load_documents(dataset, remote_name, files, text_column, streaming, cache_di
             raise FinewebError("the input has no documents")
         except (datasets.exceptions.DatasetGenerationError, UnicodeDecodeError, *GZIP_ERRORS) as e:
             raise explain_read_error(e, input_files(dataset, files))
-        except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:  # ConnectionError, HTTP errors, names
+        # RuntimeError: a folder with a loading script (name/name.py), which datasets 4 no longer runs
+        except (OSError, ValueError, RuntimeError, datasets.exceptions.DatasetsError) as e:  # ConnectionError, HTTP
             what = (", ".join(files) if files else
                     f"dataset {dataset!r}" + (f" ({remote_name})" if remote_name else ""))
             raise FinewebError(f"cannot load {what}: {_one_line(e)}" + (
@@ -736,6 +797,12 @@ def check_args(args):
     check_local_dir(args.local_dir)
     if args.cache_dir:  # datasets makes it only when it opens the input, and its error there named the input
         check_local_dir(args.cache_dir, flag="--cache-dir")
+    if args.files:  # a pattern like 'data/**/*.json' around the shards' folder matches its manifest on a rerun
+        local = os.path.abspath(args.local_dir) + os.sep
+        inside = next((f for f in resolve_files(args.files)[0] if f.startswith(local)), None)
+        if inside:
+            raise FinewebError(f"--files takes {inside}, inside --local-dir {args.local_dir}: the shards' folder "
+                               "would be read as input; narrow the pattern, or put the shards in another folder")
     if not args.files and os.path.isdir(args.dataset):
         inside = os.path.relpath(os.path.abspath(args.local_dir), os.path.abspath(args.dataset))
         if not (inside == os.pardir or inside.startswith(os.pardir + os.sep)):  # not above or beside it
@@ -746,11 +813,14 @@ def check_args(args):
 
 def check_local_dir(local_dir, flag="--local-dir"):
     """Now, not at the first shard's write, after a download of ~28 GB and 100M tokens of work: can the shards go
-    in local_dir? (It is created only when the first shard is written.) flag: its name on the command line."""
+    in local_dir? (write_shards creates it, once the arguments are checked.) flag: its name on the command line."""
     if not local_dir:
         raise FinewebError(f"{flag} is empty (an unset variable?): name the folder for the shards")
     existing = os.path.abspath(local_dir)
     while not os.path.exists(existing):
+        if os.path.islink(existing):  # exists() is False for a link to nothing, and makedirs fails on it
+            raise FinewebError(f"{flag} {local_dir}: {existing} is a link to {os.readlink(existing)}, which "
+                               "does not exist")
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise FinewebError(f"{flag} {local_dir}: {existing} is a file, not a folder")
@@ -809,16 +879,28 @@ def timing(summary, streaming):
             f"{work:.1f} s tokenizing and writing at {new / work:,.0f} tokens/s")
 
 
+def sigterm_as_interrupt():
+    """From now on SIGTERM raises Terminated in the main thread; returns the function that undoes it."""
+    def terminated(signum, frame):
+        raise Terminated()
+    try:
+        previous = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread, where no handler can be set
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def main(argv=None):
     """The command line; returns write_shards' summary. User errors: one `error:` line on stderr, exit 1."""
     args = parse_args(argv)
+    restore_sigterm = sigterm_as_interrupt()
     try:
         check_args(args)
         config = source_config(args)
         source = (f"{len(config['files'])} local file{'s' * (len(config['files']) > 1)}" if args.files else
                   args.dataset + (f" ({args.remote_name})" if args.remote_name else ""))
         print(f"fineweb: {source} -> {args.local_dir}/{PREFIX}_*.npy, {args.shard_size:,} tokens a shard, "
-              f"{args.num_proc} processes", flush=True)
+              f"{args.num_proc} process{'es' * (args.num_proc != 1)}", flush=True)
         opened = {}
 
         def documents(start):  # opened only when shards are left to write
@@ -837,10 +919,12 @@ def main(argv=None):
     except OSError as e:  # a full disk, a folder we may not write to: the environment, not this code
         print(f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        print("error: interrupted; run the same command again to carry on from the last complete shard",
-              file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        print(f"error: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; run the same command again "
+              "to carry on from the last complete shard", file=sys.stderr)
+        sys.exit(128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT))  # as the shell counts
+    finally:
+        restore_sigterm()
     s = summary
     s["open_seconds"] = opened.get("seconds", 0.0)
     shards = (f"{s['shards']} shard{'' if s['shards'] == 1 else 's'} ({min(s['shards'], 1)} val, "

@@ -283,6 +283,109 @@ def test_a_local_dir_inside_the_dataset_folder_is_refused_before_anything_is_rea
     assert not (tmp_path / "hf").exists()
 
 
+@pytest.mark.parametrize("layout", ["two kinds", "split names"])
+def test_a_dataset_folder_whose_files_datasets_would_leave_out_is_refused_naming_one(tmp_path, capsys, layout):
+    # datasets reads only the most common kind of file, and once some file names say a split only those: the
+    # other file's documents were dropped without a word, and the manifest listed it among the inputs
+    folder = tmp_path / "folder"
+    write_input(folder, "jsonl")
+    left_out = folder / ("notes.txt" if layout == "two kinds" else "books.jsonl")
+    if layout == "two kinds":
+        left_out.write_text("a document datasets' json builder never reads")
+    else:
+        os.rename(folder / "docs.jsonl", folder / "web_train.jsonl")
+        write_input(tmp_path / "more", "jsonl", docs=DOCS[:3])
+        os.rename(tmp_path / "more" / "docs.jsonl", left_out)
+    err = fail_inprocess(["--dataset", str(folder), "--local-dir", str(tmp_path / "out"), "--cache-dir",
+                          str(tmp_path / "hf")], capsys)
+    assert err == (f"error: --dataset {folder}: datasets would not read {left_out} (it reads one kind of file, and "
+                   "when some file names say a split, only those); rename it, move it out, or name the files to "
+                   "read with --files\n")
+    assert not shard_files(tmp_path / "out")
+
+
+def test_a_dataset_folder_with_train_and_test_files_reads_the_train_split(tmp_path, enc):
+    # files of other splits are read by no one here, on purpose: not the silent loss refused above
+    write_input(tmp_path / "folder", "jsonl")
+    os.rename(tmp_path / "folder" / "docs.jsonl", tmp_path / "folder" / "train.jsonl")
+    write_input(tmp_path / "test", "jsonl", docs=["A test document."])
+    os.rename(tmp_path / "test" / "docs.jsonl", tmp_path / "folder" / "test.jsonl")
+    fineweb.main(["--dataset", str(tmp_path / "folder"), "--local-dir", str(tmp_path / "out"), "--shard-size",
+                  str(SHARD), "--cache-dir", str(tmp_path / "hf"), "--quiet"])
+    assert np.array_equal(read_shards(tmp_path / "out"), expected_stream(enc))
+
+
+def test_a_dataset_folder_with_a_loading_script_is_an_error_line(tmp_path, capsys):
+    # datasets 4 refuses scripts with a RuntimeError, which came out as a traceback
+    write_input(tmp_path / "folder", "jsonl")
+    (tmp_path / "folder" / "folder.py").write_text("import datasets\n")
+    err = fail_inprocess(["--dataset", str(tmp_path / "folder"), "--local-dir", str(tmp_path / "out"),
+                          "--cache-dir", str(tmp_path / "hf")], capsys)
+    assert err.startswith(f"error: cannot load dataset {str(tmp_path / 'folder')!r}: ") and "folder.py" in err, err
+
+
+def test_files_inside_the_local_dir_are_refused_so_a_rerun_does_not_read_its_own_manifest(tmp_path, capsys):
+    # 'in/**/*.json' around in/out matched out/manifest.json on the rerun, which then refused as "other arguments"
+    write_input(tmp_path / "in", "jsonl")
+    os.rename(tmp_path / "in" / "docs.jsonl", tmp_path / "in" / "docs.json")
+    args = ["--files", str(tmp_path / "in" / "**" / "*.json"), "--local-dir", str(tmp_path / "in" / "out"),
+            "--shard-size", str(SHARD), "--cache-dir", str(tmp_path / "hf")]
+    fineweb.main([*args, "--quiet"])
+    before = file_bytes(tmp_path / "in" / "out")
+    err = fail_inprocess(args, capsys)
+    assert err == (f"error: --files takes {tmp_path / 'in' / 'out' / 'manifest.json'}, inside --local-dir "
+                   f"{tmp_path / 'in' / 'out'}: the shards' folder would be read as input; narrow the pattern, or "
+                   "put the shards in another folder\n")
+    assert file_bytes(tmp_path / "in" / "out") == before
+
+
+def test_a_second_run_in_a_folder_another_run_is_writing_is_refused(tmp_path, reference, capsys):
+    # two runs raced: each wrote shards of its own input under the same names and both ended without an error
+    files, _, want = reference
+    out = tmp_path / "out"
+    os.makedirs(out)
+    with fineweb.folder_lock(str(out)):  # as a run that is writing there holds it
+        err = fail_inprocess(["--files", *files, "--local-dir", str(out), "--shard-size", str(SHARD),
+                              "--cache-dir", str(tmp_path / "hf")], capsys)
+    assert err == (f"error: another fineweb.py is writing shards in {out} (it holds the folder's lock): let it "
+                   "finish or stop it first, or pass another --local-dir\n")
+    assert os.listdir(out) == []
+    run_inprocess(files, out, tmp_path)  # the lock went with the run that held it
+    assert file_bytes(out) == want
+
+
+SIGTERM_AFTER = """
+import os, signal, sys
+import fineweb
+fineweb.TASK_DOCS = 1  # a task a document: shards are written while the rest is still to come
+read = fineweb.iter_texts
+def iter_texts(*args, **kwargs):  # a plain `kill PID` after document 20, the pool's workers busy
+    for i, text in enumerate(read(*args, **kwargs)):
+        if i == 20:
+            os.kill(os.getpid(), signal.SIGTERM)
+        yield text
+fineweb.iter_texts = iter_texts
+fineweb.main(sys.argv[1:])
+"""
+
+
+def test_sigterm_ends_the_run_with_one_error_line_and_a_rerun_carries_on(tmp_path, reference):
+    # the default SIGTERM killed the parent alone, and each worker printed a BrokenPipeError traceback
+    files, _, want = reference
+    args = ["--files", *files, "--local-dir", str(tmp_path / "out"), "--shard-size", str(SHARD), "--num-proc", "2",
+            "--quiet"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "hf"))
+    r = subprocess.run([sys.executable, "-c", SIGTERM_AFTER, *args], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 143, r.stderr
+    assert r.stderr == "error: terminated; run the same command again to carry on from the last complete shard\n"
+    written = file_bytes(tmp_path / "out")
+    assert 0 < len(written) < len(want)
+    r = run_cli(args, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert file_bytes(tmp_path / "out") == want
+
+
 def test_manifest_records_the_source_and_per_shard_counts_that_match_the_files(tmp_path, enc, reference):
     files, out, _ = reference
     manifest = json.load(open(out / "manifest.json"))
@@ -687,6 +790,17 @@ def test_a_file_named_like_a_glob_pattern_is_that_file(tmp_path, enc):
     (tmp_path / "in" / "data1.txt").write_text(DOCS[2], encoding="utf-8")  # what the pattern data[1].txt matches
     run_inprocess([str(tmp_path / "in" / "data[1].txt")], tmp_path / "out", tmp_path)
     assert np.array_equal(read_shards(tmp_path / "out"), expected_stream(enc, DOCS[1:2]))
+
+
+def test_a_local_dir_that_links_to_nothing_stops_before_the_input_is_read(tmp_path, capsys):
+    # exists() is False for such a link: the check passed, and the first shard's makedirs failed with "File exists"
+    os.symlink(tmp_path / "gone", tmp_path / "shards")
+    files = write_input(tmp_path / "in", "jsonl")
+    err = fail_inprocess(["--files", *files, "--local-dir", str(tmp_path / "shards"), "--cache-dir",
+                          str(tmp_path / "hf")], capsys)
+    assert err == (f"error: --local-dir {tmp_path / 'shards'}: {tmp_path / 'shards'} is a link to "
+                   f"{tmp_path / 'gone'}, which does not exist\n")
+    assert not (tmp_path / "hf").exists()
 
 
 @pytest.mark.parametrize("where", ["the folder", "a parent"])
