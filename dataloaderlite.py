@@ -8,7 +8,8 @@ DataLoaderLite: GPT-2 training batches read from the token shards that fineweb.p
     x, y = loader.next_batch()  # int64 (B, T) each, on `device`; y is x shifted by one token
 
 A library for train_gpt2.py. Run on its own, it lists what a data folder holds, checking each shard's
-header as training does at start-up (a missing split or a broken shard gives training's error line):
+header as training does at start-up (a missing split or a broken shard gives training's error line), and
+says "incomplete" for a folder whose fineweb.py run has not finished:
 
     python dataloaderlite.py edu_fineweb10B     # val: 1 shard, 100,000,000 tokens / train: 99 shards, ...
 
@@ -17,10 +18,12 @@ a micro-step moves B*T*num_processes tokens, and a shard that cannot hold anothe
 over to the next one (after the last shard: shard 0 again, a new epoch); a shard shorter than one micro-step
 (fineweb.py's leftover last shard can be) is skipped. Extras that leave that order alone: a memory
 footprint of a few batches whatever the shard size, state_dict()/load_state_dict() for exact
-resumption, DataError on bad shards, and shuffle=True (off by default).
+resumption, DataError on bad shards (and on shards that differ from the sizes fineweb.py's manifest.json
+records), a warning for an unfinished fineweb.py run, and shuffle=True (off by default).
 """
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -28,7 +31,7 @@ import sys
 import numpy as np
 import torch
 
-from fineweb import LOCAL_DIR, PREFIX
+from fineweb import LOCAL_DIR, MANIFEST, PREFIX
 
 
 class DataError(ValueError):
@@ -38,18 +41,78 @@ class DataError(ValueError):
 # -----------------------------------------------------------------------------
 # shards on disk
 
+def shard_pattern(split):
+    # the exact name pattern (hidden files aside), so that temp files and the manifest are never read as shards;
+    # six digits or more: fineweb.py writes {index:06d}, which has a seventh from shard 1,000,000 on
+    return re.compile(rf"[^.].*_{re.escape(split)}_(\d{{6,}})\.npy")
+
+
 def find_shards(data_root, split):
-    """The split's shard paths, sorted by name."""
-    # the exact name pattern (hidden files aside), so that temp files and the manifest are never read as shards
-    pattern = re.compile(rf"[^.].*_{re.escape(split)}_\d{{6}}\.npy")
+    """The split's shard paths, sorted by index."""
+    pattern = shard_pattern(split)
     try:
-        names = sorted(n for n in os.listdir(data_root) if pattern.fullmatch(n)) if os.path.isdir(data_root) else []
+        names = [n for n in os.listdir(data_root) if pattern.fullmatch(n)] if os.path.isdir(data_root) else []
     except OSError as e:  # a folder this user may not list
         raise DataError(f"cannot list the shards in {data_root}/ ({e.strerror})") from None
     if not names:
         raise DataError(f"no shards for split {split!r} in {data_root}/ (files like {PREFIX}_{split}_000000.npy): "
                         f"make them with `python fineweb.py` (or `python fineweb.py --files ...` for local text)")
+    names.sort(key=lambda n: (int(pattern.fullmatch(n)[1]), n))  # by name, shard 1000000 would come before 100001
     return [os.path.join(data_root, name) for name in names]
+
+
+def check_manifest(data_root, split, shards):
+    """Checks the split's shards against the manifest.json that fineweb.py keeps beside them, by size only (a stat,
+    no reading); returns whether that manifest says the run finished, or None where there is no manifest (shards
+    made otherwise, or by a fineweb.py before manifests)."""
+    path = os.path.join(data_root, MANIFEST)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except OSError as e:
+        raise DataError(f"cannot read {path} ({e.strerror})") from None
+    except ValueError as e:
+        raise DataError(f"{path} is not valid JSON ({e}): it is damaged; remake this folder with fineweb.py, or "
+                        f"delete {MANIFEST} to train on the shards unchecked") from None
+    pattern = shard_pattern(split)
+    try:
+        recorded = {s["file"]: s["bytes"] for s in manifest["shards"] if pattern.fullmatch(s["file"])}
+    except (KeyError, TypeError):
+        recorded = None
+    if recorded is None or any(type(size) is not int for size in recorded.values()):
+        raise DataError(f"{path} does not list the shards' files and sizes as fineweb.py writes it: it is damaged; "
+                        f"remake this folder with fineweb.py, or delete {MANIFEST} to train on the shards unchecked")
+    rerun = "rerun the fineweb.py command that made this folder (it rewrites the shards from that one on)"
+    on_disk = {os.path.basename(shard): shard for shard in shards}
+    for name, size in recorded.items():
+        if name not in on_disk:
+            raise DataError(f"{path} records {name} but it is not in {data_root}/: {rerun}")
+        if (actual := os.path.getsize(on_disk[name])) != size:
+            # written over after fineweb.py recorded it, e.g. by a second fineweb.py run in the same folder
+            raise DataError(f"{on_disk[name]} has {actual:,} bytes but {path} records {size:,}: it changed after "
+                            f"fineweb.py wrote it; {rerun}")
+    complete = manifest.get("complete", False) is True
+    # an unfinished run may have written a shard and been stopped before recording it (it is whole: fineweb.py
+    # writes each shard to a temp file and renames it), but a finished run recorded all of its shards
+    unrecorded = [shard for name, shard in on_disk.items() if name not in recorded]
+    if complete and unrecorded:
+        raise DataError(f"{unrecorded[0]} is not among the {len(recorded)} {split} shards that {path} records for "
+                        "the finished fineweb.py run that made this folder: it came from elsewhere; move it out")
+    return complete
+
+
+# a warning for each folder at most once a process, though the train and val loaders both see it
+_warned_incomplete = set()
+
+
+def warn_incomplete(data_root):
+    if os.path.realpath(data_root) not in _warned_incomplete:
+        _warned_incomplete.add(os.path.realpath(data_root))
+        print(f"warning: {data_root}/ holds an unfinished fineweb.py run ({MANIFEST} says it is incomplete): "
+              "training on the shards it has so far; rerun fineweb.py with the same arguments to finish it",
+              file=sys.stderr)
 
 
 def read_header(path):
@@ -93,6 +156,8 @@ class DataLoaderLite:
         self.micro_step_tokens = B * T * num_processes
 
         shards = find_shards(data_root, split)
+        if check_manifest(data_root, split, shards) is False and process_rank == 0:  # one warning, not one a rank
+            warn_incomplete(data_root)  # a user may start on part of the data on purpose: not an error
         headers = [read_header(path) for path in shards]  # every shard checked, the ones skipped below too
         # a shard shorter than one micro-step holds no batch: fineweb.py's last shard is what was left over, which
         # can be a few tokens; it is skipped, as the loader skips the tail of every shard that is no whole micro-step
@@ -240,7 +305,8 @@ class DataLoaderLite:
             self.skipped_on_resume = 0
             return dict(state, epoch=epoch, shard=shard, window=0, first=at)
         # no whole micro-step of the new size left there: on to the next shard that holds one
-        later = [i for i, p in enumerate(self.shards) if p > path]  # self.shards is sorted by name
+        index = {p: i for i, (p, _) in enumerate(self.all_lengths)}  # the shards' order, by index
+        later = [i for i, p in enumerate(self.shards) if index[p] > index[path]]
         self.skipped_on_resume = n - at
         return dict(state, epoch=epoch + (not later), shard=later[0] if later else 0, window=0, first=0)
 
@@ -256,8 +322,12 @@ def main(argv=None):
     try:
         for split in ("val", "train"):
             shards = find_shards(args.data_root, split)
+            complete = check_manifest(args.data_root, split, shards)
             tokens = sum(read_header(path)[1] for path in shards)  # the header checks training runs at start-up
             print(f"{split}: {len(shards)} shard{'s' * (len(shards) != 1)}, {tokens:,} tokens")
+        if complete is False:
+            print(f"incomplete: {MANIFEST} says the fineweb.py run that writes this folder has not finished; "
+                  "rerun fineweb.py with the same arguments to finish it")
     except DataError as e:
         sys.exit(f"error: {e}")
 

@@ -1,5 +1,6 @@
 """DataLoaderLite on real shards written to tmp_path: token order, ranks, resumption, shuffling, bad input."""
 import itertools
+import json
 import os
 import re
 import shutil
@@ -9,8 +10,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from pydoc_data.topics import topics
 
 from dataloaderlite import DataError, DataLoaderLite
+from fineweb import ShardWriter, shard_name
+from gpt2_tokenizer import EOT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, T = 2, 4
@@ -18,13 +22,14 @@ B, T = 2, 4
 LENGTHS = [100, 75, 131]
 
 
-def write_shards(folder, lengths=LENGTHS, split="train"):
-    """Shards of distinct tokens (shard i holds i*1000, i*1000+1, ...), so every token names its place."""
+def write_shards(folder, lengths=LENGTHS, split="train", indices=None):
+    """Shards of distinct tokens (shard i holds i*1000, i*1000+1, ...), so every token names its place; indices: the
+    file names' numbers, 0, 1, 2, ... unless given."""
     folder.mkdir(exist_ok=True)
     shards = []
     for i, n in enumerate(lengths):
         tokens = (i * 1000 + np.arange(n)).astype(np.uint16)
-        np.save(folder / f"edufineweb_{split}_{i:06d}.npy", tokens)
+        np.save(folder / f"edufineweb_{split}_{i if indices is None else indices[i]:06d}.npy", tokens)
         shards.append(tokens)
     return shards
 
@@ -120,7 +125,7 @@ def test_reset_returns_to_the_first_batch(tmp_path):
 
 def test_verbose_prints_the_number_of_shards_found(tmp_path, capsys):
     write_shards(tmp_path)
-    for not_a_shard in ("edufineweb_train_000003.npy.tmp", ".edufineweb_train_000003.npy", "manifest.json"):
+    for not_a_shard in ("edufineweb_train_000003.npy.tmp", ".edufineweb_train_000003.npy"):
         (tmp_path / not_a_shard).write_bytes(b"half-written")
     DataLoaderLite(B, T, 0, 1, "train", data_root=str(tmp_path))
     loader(tmp_path)
@@ -165,11 +170,11 @@ def test_resuming_with_other_settings_is_refused_by_name(tmp_path, key, change):
         loader(tmp_path, **{"world": 2, **change}).load_state_dict(state)
 
 
-def continued(tmp_path, old, new, stop, lengths=LENGTHS, spans=12):
+def continued(tmp_path, old, new, stop, lengths=LENGTHS, spans=12, indices=None):
     """Where a loader of size `old` stood after `stop` micro-steps (the token it would read next: shard*1000 +
     offset), and the micro-steps a loader of size `new` reads after resuming its state: one span of tokens each,
     all ranks together (tokens name their place)."""
-    write_shards(tmp_path, lengths)
+    write_shards(tmp_path, lengths, indices=indices)
     first = loader(tmp_path, B=old["B"], world=old["world"])
     stream(first, stop)
     state = first.state_dict()
@@ -216,6 +221,13 @@ def test_a_resume_at_a_size_at_which_another_shard_is_too_short_maps_the_shard_b
     for stop, at_then, starts, skipped in cases:
         at, reads, dl = continued(tmp_path / str(stop), dict(B=2, world=1), dict(B=2, world=10), stop, spans=2)
         assert (at, reads[0][0].item(), dl.skipped_on_resume) == (at_then, starts, skipped), stop
+
+
+def test_a_resume_at_another_size_moves_on_to_the_next_shard_by_index_not_by_name(tmp_path):
+    # the 75-token shard 1000000 holds no micro-step of 80 tokens: the next is 1000001, though by name 999999 is later
+    at, reads, dl = continued(tmp_path, dict(B=2, world=1), dict(B=2, world=10), 13, spans=2,
+                              indices=[999999, 1000000, 1000001])
+    assert (at, reads[0][0].item(), dl.skipped_on_resume) == (1008, 2000, 75 - 8)
 
 
 def test_a_resume_at_another_size_maps_the_saved_shard_index_past_a_shard_too_short_at_the_saved_size(tmp_path):
@@ -453,6 +465,16 @@ def test_a_shard_cut_short_after_it_was_checked_is_named_at_the_batch_that_runs_
         dl.next_batch()
 
 
+def test_shards_from_index_1000000_on_are_read_in_index_order(tmp_path, capsys):
+    # fineweb.py's {index:06d} has seven digits from shard 1,000,000 on; a six-digit pattern dropped them unsaid
+    indices = [100001, 999999, 1000000, 1000001, 12345678]
+    write_shards(tmp_path, [100] * len(indices), indices=indices)
+    dl = DataLoaderLite(B, T, 0, 10, "train", data_root=str(tmp_path))  # one 81-token micro-step a shard
+    assert capsys.readouterr().out == "found 5 shards for split train\n"
+    assert [os.path.basename(p) for p in dl.shards] == [shard_name("edufineweb", i) for i in indices]
+    assert [int(x[0, 0]) for x, _ in stream(dl, 6)] == [0, 1000, 2000, 3000, 4000, 0]  # written in this order
+
+
 @pytest.mark.parametrize("args, message", [
     (dict(B=0), "B and T must be positive"),
     (dict(T=-1), "B and T must be positive"),
@@ -469,6 +491,108 @@ def test_an_unknown_split_is_refused(tmp_path):
     write_shards(tmp_path)
     with pytest.raises(DataError, match="split must be 'train' or 'val', got 'test'"):
         DataLoaderLite(B, T, 0, 1, "test", data_root=str(tmp_path))
+
+
+# -----------------------------------------------------------------------------
+# fineweb.py's manifest.json beside the shards
+
+def fineweb_folder(folder, shards, finish=True, shard_size=100):
+    """What fineweb.py's ShardWriter leaves for a stream of `shards` whole shards and a 40-token last one: a finished
+    run, or (finish=False) one stopped after its last whole shard, whose manifest says incomplete."""
+    writer = ShardWriter(str(folder), shard_size, config={"files": "test"})
+    tokens = np.arange(shards * shard_size + 40, dtype=np.uint16) % 1000
+    tokens[7::50] = EOT  # a document every 50 tokens; the others name their place in the stream
+    writer.add(tokens)
+    if finish:
+        writer.finish()
+    return folder
+
+
+def shard(folder, index):
+    return folder / shard_name("edufineweb", index)
+
+
+def test_an_unfinished_fineweb_run_is_trained_on_with_one_warning_a_process(tmp_path, capsys):
+    # a run stopped after its last whole shard: val 0 and train 1-5 are there, the manifest says incomplete
+    folder = fineweb_folder(tmp_path / "data", 6, finish=False)
+    loaders = [DataLoaderLite(B, T, rank, 2, split, data_root=str(folder), verbose=rank == 0)
+               for split in ("train", "val") for rank in (0, 1)]  # what two ranks of train_gpt2.py build
+    out, err = capsys.readouterr()
+    assert out == "found 5 shards for split train\nfound 1 shards for split val\n"
+    assert err == (f"warning: {folder}/ holds an unfinished fineweb.py run (manifest.json says it is incomplete): "
+                   "training on the shards it has so far; rerun fineweb.py with the same arguments to finish it\n")
+    assert [int(x[0, 0]) for x, _ in stream(loaders[0], 7)] == [100, 116, 132, 148, 164, 180, 200]  # shard 2 at 200
+    loader(folder)
+    assert capsys.readouterr() == ("", "")  # once a process, not once a loader
+
+
+def test_only_rank_0_warns_of_an_unfinished_run(tmp_path, capsys):
+    folder = fineweb_folder(tmp_path, 3, finish=False)
+    loader(folder, rank=1, world=2)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_finished_fineweb_folder_is_read_without_a_warning(tmp_path, capsys):
+    folder = fineweb_folder(tmp_path, 6)  # train 1-5 and the 40-token last shard 6
+    dl = DataLoaderLite(B, T, 0, 1, "train", data_root=str(folder))
+    assert capsys.readouterr() == ("found 6 shards for split train\n", "")
+    assert [os.path.basename(p) for p in dl.shards] == [shard_name("edufineweb", i) for i in range(1, 7)]
+
+
+def test_a_shard_another_run_wrote_over_is_refused_naming_both_sizes(tmp_path):
+    # two fineweb.py runs in one folder: the other's shard 3 stands where this run recorded its own
+    folder = fineweb_folder(tmp_path, 6)
+    np.save(shard(folder, 3), np.arange(90, dtype=np.uint16))
+    with pytest.raises(DataError) as e:
+        loader(folder)
+    assert str(e.value) == (f"{shard(folder, 3)} has 308 bytes but {folder}/manifest.json records 328: it changed "
+                            "after fineweb.py wrote it; rerun the fineweb.py command that made this folder (it "
+                            "rewrites the shards from that one on)")
+
+
+@pytest.mark.parametrize("finish", [True, False])
+def test_a_shard_the_manifest_records_that_is_gone_is_refused(tmp_path, finish):
+    folder = fineweb_folder(tmp_path, 6, finish=finish)
+    os.remove(shard(folder, 2))
+    with pytest.raises(DataError) as e:
+        loader(folder)
+    assert str(e.value) == (f"{folder}/manifest.json records edufineweb_train_000002.npy but it is not in {folder}/: "
+                            "rerun the fineweb.py command that made this folder (it rewrites the shards from that one "
+                            "on)")
+
+
+def test_a_shard_a_finished_run_did_not_record_is_refused_but_an_unfinished_run_s_is_read(tmp_path, capsys):
+    # a run stopped between writing a shard and recording it leaves it whole but unrecorded; a finished run recorded
+    # every shard, so one it did not came from elsewhere
+    for finish in (True, False):
+        folder = fineweb_folder(tmp_path / str(finish), 4, finish=finish)
+        np.save(shard(folder, 7), np.arange(100, dtype=np.uint16))
+        if finish:
+            with pytest.raises(DataError) as e:
+                loader(folder)
+            assert str(e.value) == (f"{shard(folder, 7)} is not among the 4 train shards that {folder}/manifest.json "
+                                    "records for the finished fineweb.py run that made this folder: it came from "
+                                    "elsewhere; move it out")
+        else:
+            assert len(loader(folder).shards) == 4  # train 1-3 and 7
+            assert "unfinished fineweb.py run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('{"complete": true, "shards": [', r"is not valid JSON \(Expecting value: line 1 column 31 \(char 30\)\)"),
+    ("", r"is not valid JSON \(Expecting value: line 1 column 1 \(char 0\)\)"),
+    ("[]", "does not list the shards' files and sizes as fineweb.py writes it"),
+    ('{"complete": true}', "does not list the shards' files and sizes as fineweb.py writes it"),
+    ('{"shards": [{"file": "edufineweb_train_000001.npy", "bytes": "328"}]}',
+     "does not list the shards' files and sizes as fineweb.py writes it"),
+])
+def test_a_damaged_manifest_is_one_error_naming_it(tmp_path, text, problem):
+    folder = fineweb_folder(tmp_path, 3)
+    (folder / "manifest.json").write_text(text)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(folder))}/manifest.json {problem}: it is damaged; remake "
+                                        r"this folder with fineweb.py, or delete manifest.json to train on the "
+                                        r"shards unchecked$"):
+        loader(folder)
 
 
 # -----------------------------------------------------------------------------
@@ -529,6 +653,32 @@ def test_cli_names_a_shard_or_folder_this_user_may_not_read_without_advice_to_de
                                                    "(Permission denied): give this user read access to it\n")
     assert (folder.returncode, folder.stderr) == (1, f"error: cannot list the shards in {tmp_path}/b/ "
                                                      "(Permission denied)\n")
+
+
+def test_cli_says_a_folder_of_a_killed_fineweb_run_is_incomplete(tmp_path):
+    # the real thing: fineweb.py killed in the middle of writing shard 7 (its test hook), then the folder checked
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": topics[name]}) + "\n"
+                                                 for name in sorted(topics)[:60]))
+    fineweb = subprocess.run([sys.executable, os.path.join(ROOT, "fineweb.py"), "--files", "docs.jsonl", "--local-dir",
+                              "k7", "--shard-size", "1000", "--num-proc", "1", "--quiet"], cwd=tmp_path,
+                             env=dict(os.environ, FINEWEB_CRASH_AFTER_SHARDS="7"), capture_output=True, timeout=120)
+    assert fineweb.returncode == 137
+    assert sorted(os.listdir(tmp_path / "k7"))[-2:] == ["edufineweb_val_000000.npy", "manifest.json"]
+    out = run_cli(str(tmp_path / "k7"))
+    assert (out.returncode, out.stderr) == (0, "")
+    assert out.stdout == ("val: 1 shard, 1,000 tokens\ntrain: 6 shards, 6,000 tokens\n"
+                          "incomplete: manifest.json says the fineweb.py run that writes this folder has not finished; "
+                          "rerun fineweb.py with the same arguments to finish it\n")
+
+
+def test_cli_names_a_shard_that_differs_from_the_manifest_as_training_would(tmp_path):
+    folder = fineweb_folder(tmp_path, 3)
+    np.save(shard(folder, 2), np.arange(10, dtype=np.uint16))
+    out = run_cli(str(folder))
+    assert (out.returncode, out.stdout) == (1, "val: 1 shard, 100 tokens\n")
+    assert out.stderr == (f"error: {shard(folder, 2)} has 148 bytes but {folder}/manifest.json records 328: it changed "
+                          "after fineweb.py wrote it; rerun the fineweb.py command that made this folder (it rewrites "
+                          "the shards from that one on)\n")
 
 
 def test_cli_help_says_it_is_a_library_with_a_folder_check():
