@@ -88,7 +88,8 @@ def check_manifest(data_root, split, shards):
     on_disk = {os.path.basename(shard): shard for shard in shards}
     for name, size in recorded.items():
         if name not in on_disk:
-            raise DataError(f"{path} records {name} but it is not in {data_root}/: {rerun}")
+            raise DataError(f"{path} records {name} but it is not in {data_root}/: {rerun}, or delete {MANIFEST} "
+                            "to train on the shards that are there")  # fewer shards on purpose (a smaller disk)
         if (actual := os.path.getsize(on_disk[name])) != size:
             # written over after fineweb.py recorded it, e.g. by a second fineweb.py run in the same folder
             raise DataError(f"{on_disk[name]} has {actual:,} bytes but {path} records {size:,}: it changed after "

@@ -558,7 +558,7 @@ def test_a_shard_the_manifest_records_that_is_gone_is_refused(tmp_path, finish):
         loader(folder)
     assert str(e.value) == (f"{folder}/manifest.json records edufineweb_train_000002.npy but it is not in {folder}/: "
                             "rerun the fineweb.py command that made this folder (it rewrites the shards from that one "
-                            "on)")
+                            "on), or delete manifest.json to train on the shards that are there")
 
 
 def test_a_shard_a_finished_run_did_not_record_is_refused_but_an_unfinished_run_s_is_read(tmp_path, capsys):
