@@ -508,7 +508,8 @@ def check_folder_read_whole(datasets, folder, name):
             return
     data_files = datasets.load_dataset_builder(folder, name=name).config.data_files or {}
     read = {os.path.realpath(f) for files in data_files.values() for f in files}
-    unread = [f for f in folder_files(folder) if data_extension(f) in DATA_EXTENSIONS and os.path.realpath(f) not in read]
+    unread = [f for f in folder_files(folder)
+              if data_extension(f) in DATA_EXTENSIONS and os.path.realpath(f) not in read]
     if unread:
         more = f" and {len(unread) - 1} more" if len(unread) > 1 else ""
         raise FinewebError(f"--dataset {folder}: datasets would not read {unread[0]}{more} (it reads one kind of "
