@@ -44,6 +44,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
 import signal
 import statistics
@@ -62,6 +63,7 @@ from train_gpt2 import get_lr  # the schedule, recomputed per step as in trainin
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MIN_CONFIG_S = 20  # starting a worker (Python, torch, the model) and its first step: --time-budget skips below this
+KILL_MARGIN_S = 5  # the worker stops timing this long before it would be killed, to report the steps it timed
 
 # -----------------------------------------------------------------------------
 # what one configuration sets
@@ -78,7 +80,7 @@ class Settings:
     host_sync: bool = True  # synchronize and .item() the loss and grad norm every step, as the lecture's print does
     pinned: bool = False  # inputs from pinned memory, copied with non_blocking=True
     threads: int | None = None  # torch.set_num_threads; None = torch's default (one per core)
-    batch_size: int | None = None  # micro-batch B instead of -B (tokens per optimizer step stay the same)
+    batch_size: int | None = None  # micro-batch B instead of -B (tokens per step kept, in whole micro-batches)
 
 
 def lecture_settings(device_type):
@@ -175,15 +177,19 @@ DEFAULT_CONFIGS = {
             "cpu-best-1thread"],
 }
 
-# dense bf16 tensor-core peak per GPU (NVIDIA data sheets; H100 SXM = "NVIDIA H100 80GB HBM3"); first match wins
-PEAK_BF16_TFLOPS = (("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989), ("H200", 989), ("A100", 312))
+# dense bf16 tensor-core peak per GPU (NVIDIA data sheets; H100 SXM = "NVIDIA H100 80GB HBM3"); the first name
+# found as a whole word wins (not "A100" in "RTX A1000"); None: a variant whose peak we have not checked (pass
+# --peak-tflops), rather than its SXM sibling's, which would understate its MFU
+PEAK_BF16_TFLOPS = (("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989), ("H200 NVL", None), ("H200", 989),
+                    ("GH200", 989), ("A100", 312))
 
 # what "peak mem" measures on each device: the JSON line's peak_mem_kind and the table's legend
 PEAK_MEMORY_KIND = {"cuda": "torch.cuda.max_memory_allocated", "cpu": "peak RSS of the process"}
 
 
 def peak_tflops(device_name):
-    return next((tflops for key, tflops in PEAK_BF16_TFLOPS if key in device_name), None)
+    return next((tflops for key, tflops in PEAK_BF16_TFLOPS
+                 if re.search(rf"(?<!\w){re.escape(key)}(?!\w)", device_name)), None)
 
 
 def flops_per_token(model, seq_len):
@@ -432,6 +438,9 @@ def run_config(job, log, measured=lambda result: None):
             if time.perf_counter() - start > job["max_seconds"] and i + 1 < job["steps"]:
                 log(f"stopping after {i + 1} timed steps: --max-seconds {job['max_seconds']} reached")
                 break
+            if time.time() > job["stop_at"] and i + 1 < job["steps"]:  # else the kill would lose every step
+                log(f"stopping after {i + 1} timed steps: the time limit ({job['limit']}) is near")
+                break
         synchronize(device)
         window = time.perf_counter() - start
         if events:
@@ -650,7 +659,13 @@ def main(argv=None):
                  f"e.g. {os.path.join(args.profile, 'trace.json')}")
     check_results_file(args.results)
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench.py: terminated"))  # unwinds, killing the worker
+    terminated = []
+
+    def on_sigterm(signum, frame):  # as Ctrl-C: the worker killed (run_in_process), what was measured kept
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     run_id = datetime.datetime.now().strftime("%Y-%m-%dT%H:%M:%S") + f"-{os.getpid()}"
     print(f"bench.py run {run_id} | device {device_type} | torch {torch.__version__} | python "
           f"{platform.python_version()} | {os.cpu_count()} CPUs | model {args.model} "
@@ -659,6 +674,7 @@ def main(argv=None):
     print("FLOPs per token = 6N + 12*L*H*Q*T, N = non-embedding parameters (all but the position embedding: "
           "the token embedding is also the output layer); MFU against the dense bf16 peak", flush=True)
     base = lecture_settings(device_type)
+    step_tokens = args.total_batch_size or args.batch_size * args.seq_len  # an optimizer step's, for every preset
     run_start = time.perf_counter()
     results = {name: [] for name in names}  # one result per round
     rows = []
@@ -669,9 +685,11 @@ def main(argv=None):
                 for k, name in enumerate(names):
                     settings = replace(base, **PRESETS[name].changes)
                     B = settings.batch_size or args.batch_size
-                    grad_accum = max(1, round((args.total_batch_size or B * args.seq_len) / (B * args.seq_len)))
+                    # the baseline's tokens per step for every preset, as near as whole micro-batches of B get
+                    grad_accum = max(1, round(step_tokens / (B * args.seq_len)))
                     round_note = f" round {r + 1}/{args.rounds}" if args.rounds > 1 else ""
                     print(f"[{k + 1}/{len(names)}{round_note}] {name}: B={B} T={args.seq_len} grad_accum={grad_accum}"
+                          f"{'' if B * args.seq_len * grad_accum == step_tokens else ' (not the baseline tokens/step)'}"
                           f" | {PRESETS[name].changes or 'the lecture'} | prediction: {PRESETS[name].prediction}",
                           flush=True)
                     timeout, limit = args.timeout, "--timeout"
@@ -691,7 +709,8 @@ def main(argv=None):
                         job = dict(name=name, settings=asdict(settings), device=device_type, model=args.model,
                                    overrides=overrides, vocab_size=args.vocab_size, B=B, T=args.seq_len,
                                    grad_accum=grad_accum, steps=args.steps, warmup=args.warmup,
-                                   max_seconds=args.max_seconds, profile=profile, profile_steps=args.profile_steps,
+                                   max_seconds=args.max_seconds, stop_at=time.time() + timeout - KILL_MARGIN_S,
+                                   limit=limit, profile=profile, profile_steps=args.profile_steps,
                                    cold_compile=args.cold_compile, result_path=os.path.join(tmp, f"{r}-{k}.json"))
                         load_before = os.getloadavg()[0]
                         result = run_in_process(job, timeout, limit)
@@ -707,6 +726,11 @@ def main(argv=None):
                         rows.append(record_config(name, results[name], rows, args, device_type, run_id, overrides))
         except KeyboardInterrupt:  # Ctrl-C: the worker is killed (run_in_process); keep what was measured
             interrupted = True
+            # what finished in earlier rounds only, with the rounds it has (its JSON line's `rounds`)
+            recorded = {r["config"] for r in rows}
+            for name in names:
+                if results[name] and name not in recorded:
+                    rows.append(record_config(name, results[name], rows, args, device_type, run_id, overrides))
 
     what = {"median": "the median of all timed steps", "best-round": "the best round's median step",
             "fastest": "the fastest timed step"}[args.estimator]
@@ -721,9 +745,11 @@ def main(argv=None):
         sys.exit(f"error: the JSON lines of {', '.join(unsaved)} could not be appended to {args.results}; "
                  "they are printed above")
     if interrupted:
-        print(f"error: interrupted; the {len(rows)} configuration(s) in the table above are all that was measured",
-              file=sys.stderr)
-        sys.exit(130)
+        cut = [r["config"] for r in rows if r["rounds"] < args.rounds]
+        print(f"error: {'terminated' if terminated else 'interrupted'}; the {len(rows)} configuration(s) in the "
+              "table above are all that was measured" + (f" ({', '.join(cut)} in fewer than {args.rounds} rounds)"
+                                                         if cut else ""), file=sys.stderr)
+        sys.exit(143 if terminated else 130)
     if not any(r["status"] == "ok" for r in rows):  # a run that measured nothing is a failure, not a result
         sys.exit(f"error: no configuration was measured ({statuses}); the reasons are printed above")
 
@@ -731,6 +757,7 @@ def main(argv=None):
 def record_config(name, runs, rows, args, device_type, run_id, overrides):
     """Summarise one configuration's rounds, append its JSON line, and return its table row."""
     row = summarise(name, runs, args, device_type)
+    row["rounds"] = len(runs)  # fewer than --rounds in a run that was interrupted
     baseline = next((r for r in rows if r["config"] == "baseline" and r["status"] == "ok"), None)
     if name == "baseline" and row["status"] == "ok":
         baseline = row
@@ -746,8 +773,9 @@ def record_config(name, runs, rows, args, device_type, run_id, overrides):
                   python=platform.python_version(), config=name, prediction=PRESETS[name].prediction,
                   settings=asdict(settings), model=args.model,
                   model_overrides={k: v for k, v in overrides.items() if v}, vocab_size=args.vocab_size,
-                  T=args.seq_len, total_batch_size=args.total_batch_size, steps=args.steps, warmup=args.warmup,
-                  rounds=args.rounds, cold_compile=args.cold_compile,
+                  T=args.seq_len, total_batch_size=args.total_batch_size,
+                  tokens_per_step=row["B"] * args.seq_len * row["grad_accum"], steps=args.steps, warmup=args.warmup,
+                  cold_compile=args.cold_compile,
                   flops_formula="6N + 12*L*H*Q*T, N = non-embedding parameters",
                   **{k: v for k, v in row.items() if k != "config"})
     line = json.dumps(record)

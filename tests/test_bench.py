@@ -34,7 +34,12 @@ def test_peak_table_matches_cuda_device_names():
     assert bench.peak_tflops("NVIDIA H100 PCIe") == 756
     assert bench.peak_tflops("NVIDIA H200") == 989
     assert bench.peak_tflops("NVIDIA A100-SXM4-80GB") == 312
+    assert bench.peak_tflops("NVIDIA GH200 480GB") == 989
     assert bench.peak_tflops("Tesla T4") is None
+    # a substring match gave the small RTX A1000 the A100's peak, and the H200 NVL (a lower-clocked PCIe card) the
+    # H200 SXM's: MFU against a peak the card does not have
+    assert bench.peak_tflops("NVIDIA RTX A1000 Laptop GPU") is None
+    assert bench.peak_tflops("NVIDIA H200 NVL") is None
 
 
 @pytest.mark.parametrize("autocast", [False, True])
@@ -220,6 +225,54 @@ def test_ctrl_c_prints_the_table_of_what_was_measured_and_one_error_line(tmp_pat
         "error: interrupted; the 1 configuration(s) in the table above are all that was measured")
     assert list(table_rows(stdout)) == ["baseline"]
     assert [json.loads(line)["config"] for line in results.read_text().splitlines()] == ["baseline"]
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupt_in_a_later_round_keeps_the_rounds_already_measured(tmp_path, how):
+    # only the last round wrote JSON lines: fp32, measured in round 1, was lost, and SIGTERM printed no table at all
+    results = tmp_path / "r.jsonl"
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench.py"), *TINY, "--rounds", "2",
+                             "--configs", "baseline,fp32", "--results", str(results)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith("[2/2 round 2/2] fp32: "):  # baseline's second round is done; fp32's starts
+            proc.send_signal(how)
+            break
+    rest, err = proc.communicate(timeout=120)
+    stdout = "".join(out) + rest
+    assert proc.returncode == (130 if how == signal.SIGINT else 143)
+    word = "interrupted" if how == signal.SIGINT else "terminated"
+    assert "Traceback" not in err and err.splitlines()[-1] == (
+        f"error: {word}; the 2 configuration(s) in the table above are all that was measured (fp32 in fewer than "
+        "2 rounds)")
+    assert {k: v[-1] for k, v in table_rows(stdout).items()} == {"baseline": "ok", "fp32": "ok"}
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(x["config"], x["rounds"], x["steps_timed"]) for x in lines] == [("baseline", 2, 4), ("fp32", 1, 2)]
+
+
+def test_a_configuration_near_its_time_limit_stops_timing_and_keeps_its_steps(tmp_path):
+    # the worker timed until --max-seconds whatever its kill time: a kill at --timeout (or at what was left of
+    # --time-budget) lost every step it had timed
+    results = tmp_path / "r.jsonl"
+    r = run_bench("--steps", "1000000", "--max-seconds", "600", "--timeout", "20", "--configs", "baseline",
+                  "--results", str(results))
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"stopping after \d+ timed steps: the time limit \(--timeout\) is near", r.stdout), r.stdout
+    line = json.loads(results.read_text())
+    assert line["status"] == "ok" and line["steps_timed"] >= 10 and line["tok_per_s"] > 0
+
+
+def test_presets_of_another_batch_size_keep_the_baselines_tokens_per_step(tmp_path):
+    # each preset ran one micro-batch of its own B: b32 stepped on half the baseline's tokens (B=64)
+    results = tmp_path / "r.jsonl"
+    r = run_bench("-B", "64", "--configs", "b32,b96", "--time-budget", "1", "--results", str(results))
+    assert "[1/3] baseline: B=64 T=32 grad_accum=1 |" in r.stdout
+    assert "[2/3] b32: B=32 T=32 grad_accum=2 |" in r.stdout
+    assert "[3/3] b96: B=96 T=32 grad_accum=1 (not the baseline tokens/step) |" in r.stdout  # 1.5x: no whole number
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(x["config"], x["tokens_per_step"]) for x in lines] == [("baseline", 2048), ("b32", 2048), ("b96", 3072)]
 
 
 def test_a_profile_path_in_a_missing_folder_fails_before_measuring_anything(tmp_path):
