@@ -11,7 +11,8 @@ Training-step throughput and MFU: the lecture's settings against candidate speed
 A step is what train_gpt2.py does per optimizer step: grad_accum micro-batches of B x T random tokens
 (forward, backward; random tokens time the same as text, and need neither the tokenizer nor the
 shards), then gradient clipping at 1.0, the lr schedule and an AdamW step. Reported per configuration:
-tokens/s from the median of >= 10 timed steps after the warm-up (the first of which compiles), with the
+tokens/s from the median of the timed steps after the warm-up (the first of which compiles; --steps, 10 by
+default, fewer where --max-seconds or the time limit cuts the timing short), with the
 device synchronised around the timing (CUDA events per step, so the GPU bubbles that host syncs cause
 are counted); MFU = FLOPs per token x tokens/s / the card's peak; peak memory; the time to the first
 step (compilation included); and the ratio to `baseline`, the lecture's settings measured in the same run.
