@@ -401,10 +401,17 @@ def write_shards(documents, local_dir, shard_size=10**8, num_proc=None, *, confi
     enc = get_encoding()  # fail here, in one process, if the tokenizer files are missing
     assert enc.n_vocab <= 2**16, "uint16 shards need a vocabulary of at most 65,536 tokens"
     config = dict(config or {}, tokenizer="gpt2", shard_size=shard_size, prefix=prefix)
+    created = not os.path.isdir(local_dir)
     os.makedirs(local_dir, exist_ok=True)  # now, to lock it before its manifest is read
-    with folder_lock(local_dir):
-        return _write_shards(documents, local_dir, shard_size, num_proc, config, total_documents, start_method,
-                             prefix, progress)
+    try:
+        with folder_lock(local_dir):
+            return _write_shards(documents, local_dir, shard_size, num_proc, config, total_documents, start_method,
+                                 prefix, progress)
+    except BaseException:
+        if created:  # a run that failed before its first shard (the hub unreachable) leaves no empty folder
+            with contextlib.suppress(OSError):
+                os.rmdir(local_dir)  # only ever an empty one
+        raise
 
 
 def _write_shards(documents, local_dir, shard_size, num_proc, config, total_documents, start_method, prefix,

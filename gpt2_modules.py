@@ -344,6 +344,13 @@ def export_hf(model, out_dir, vocab_size=VOCAB_SIZE):
     try:
         os.makedirs(out_dir, exist_ok=True)
         hf.save_pretrained(out_dir)
+        # transformers writes model.safetensors readable by its owner alone (0600); the folder is to be shared
+        # (a serving container, another user), like the files beside it that follow the umask
+        umask = os.umask(0)
+        os.umask(umask)
+        for name in os.listdir(out_dir):
+            if name.startswith("model") and ".safetensors" in name:  # not a file of the user's in that folder
+                os.chmod(os.path.join(out_dir, name), 0o666 & ~umask)
         if vocab_size == VOCAB_SIZE:  # the GPT-2 tokenizer only makes sense for GPT-2's vocabulary
             write_hf_tokenizer_files(out_dir, model_max_length=c.block_size)
     except OSError as e:  # a file in the way, a read-only or virtual filesystem, a full disk

@@ -354,7 +354,7 @@ def main(argv=None):
     parser.add_argument("--model", default="gpt2",
                         help="an OpenAI name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), a save_pretrained folder "
                              "or a training checkpoint .pt (default: gpt2)")
-    parser.add_argument("--file", default=None,
+    parser.add_argument("--file", "--hellaswag-file", default=None,  # the second: train_gpt2.py's name
                         help="a local hellaswag_val.jsonl (default: $HELLASWAG_FILE, else download into "
                              "$HELLASWAG_DIR or ~/.cache/train-gpt2/hellaswag)")
     parser.add_argument("--split", choices=SPLITS, default=None,

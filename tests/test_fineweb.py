@@ -680,6 +680,7 @@ def test_unreachable_or_unknown_dataset_fails_with_a_hint_to_use_local_files(tmp
     # HF_HUB_OFFLINE=1 fails at once where a machine without network retries for ~20 s first
     r = run_cli(["--dataset", "nobody/no-such-dataset", "--local-dir", "out"], tmp_path)
     assert_clean_failure(r, str(tmp_path / "out"), "nobody/no-such-dataset", "--files")
+    assert not (tmp_path / "out").exists()  # made to be locked, then removed: nothing was written in it
     err = fail_inprocess(["--dataset", str(tmp_path / "no_such_folder"), "--local-dir", str(tmp_path / "out")], capsys)
     assert_clean_failure(err, str(tmp_path / "out"), "there is no folder")
 

@@ -93,6 +93,22 @@ def test_export_cuts_padded_vocab_to_50257_with_same_logits(padded_export):
     assert (theirs - ours[..., :50257]).abs().max().item() <= 1e-5
 
 
+def test_exported_files_are_as_readable_as_the_umask_makes_new_files(tmp_path):
+    # transformers' save_pretrained writes model.safetensors as 0600: another user, or a serving container,
+    # could read the config and tokenizer beside it but not the weights; a file of the user's stays as it was
+    model = GPT(GPTConfig(vocab_size=50304, **TINY))
+    (tmp_path / "notes.txt").write_text("mine")
+    os.chmod(tmp_path / "notes.txt", 0o600)
+    previous = os.umask(0o022)
+    try:
+        export_hf(model, str(tmp_path))
+    finally:
+        os.umask(previous)
+    modes = {name: os.stat(tmp_path / name).st_mode & 0o777 for name in os.listdir(tmp_path)}
+    assert modes.pop("notes.txt") == 0o600
+    assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}, modes
+
+
 def test_exported_folder_generates_with_hf_pipeline_like_our_greedy_decode(padded_export, enc):
     from transformers import pipeline
     model, folder = padded_export

@@ -484,12 +484,13 @@ def test_a_rank_whose_share_of_a_small_file_is_empty_scores_nothing(tmp_path, mo
 # -----------------------------------------------------------------------------
 # the command line
 
-def test_cli_scores_a_training_checkpoint_on_a_local_file(tmp_path, model, one_at_a_time):
+@pytest.mark.parametrize("flag", ["--file", "--hellaswag-file"])  # the second: train_gpt2.py's name, in README
+def test_cli_scores_a_training_checkpoint_on_a_local_file(tmp_path, model, one_at_a_time, flag):
     path = tmp_path / "model_00010.pt"
     torch.save({"model": model.state_dict(), "config": dataclasses.asdict(model.config)}, path)
     file = write_jsonl(tmp_path / "val.jsonl", written_examples())
     result = subprocess.run([sys.executable, os.path.join(ROOT, "hellaswag.py"), "--model", str(path),
-                             "--file", file, "--device", "cpu", "--batch-size", "4", "--limit", "25"],
+                             flag, file, "--device", "cpu", "--batch-size", "4", "--limit", "25"],
                             capture_output=True, text=True, cwd=tmp_path, timeout=120,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
