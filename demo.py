@@ -19,6 +19,7 @@ The built-in demo: the whole pipeline of the real run, shrunk to a few minutes o
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -136,8 +137,11 @@ def main(argv=None):
         for _, path in train_gpt2.list_checkpoints(args.log_dir):
             train_gpt2.remove_checkpoint(path)
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in DEMO_ARGS.items()]
-    train_gpt2.main(flags + [f"--max-steps={args.steps}", "--data-root", data_dir, "--log-dir", args.log_dir,
-                             "--device", "cpu", "--no-hellaswag", "--resume", "none"])
+    flags += [f"--max-steps={args.steps}", "--data-root", data_dir, "--log-dir", args.log_dir, "--device", "cpu",
+              "--no-hellaswag"]
+    # the command to copy: a run of one's own at this scale, and (below) training on from where the demo stops
+    print(f"python train_gpt2.py {shlex.join(flags)}", flush=True)
+    train_gpt2.main(flags + ["--resume", "none"])
 
     print("== 4/4 plot (plot_log.py)", flush=True)
     log = os.path.join(args.log_dir, "log.txt")
@@ -147,6 +151,14 @@ def main(argv=None):
     # the last validation runs at the start of the last step, as in the lecture: before its update
     print(f"validation loss: {val[0]:.4f} at step {steps[0]} -> {val[-1]:.4f} at step {steps[-1]} "
           f"({val[0] - val[-1]:.2f} nats lower)")
+    print(f"to train on from its last checkpoint: {resume_command(flags, 2 * args.steps)}")
+
+
+def resume_command(flags, max_steps):
+    """The demo's train_gpt2.py command, resumed from its checkpoint and run to max_steps (the schedule stretched
+    to them): the flags again, as a resume needs them."""
+    flags = [f"--max-steps={max_steps}" if f.startswith("--max-steps=") else f for f in flags]
+    return f"python train_gpt2.py {shlex.join(flags + ['--resume', 'auto'])}"
 
 
 if __name__ == "__main__":

@@ -333,11 +333,20 @@ def synchronize(device):
 # building the model
 
 
+def size_overrides(args):
+    return {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "block_size") if getattr(args, k)}
+
+
+def scratch_config(args):
+    """The GPTConfig of a model from scratch: --model, with the size flags given over it."""
+    return GPTConfig.named(args.model, vocab_size=args.vocab_size, **size_overrides(args))
+
+
 def build_model(args, print0):
     """GPT from scratch (--model + overrides) or from pretrained weights (--init-from)."""
-    overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "block_size") if getattr(args, k)}
+    overrides = size_overrides(args)
     if args.init_from == "scratch":
-        return GPT(GPTConfig.named(args.model, vocab_size=args.vocab_size, **overrides))
+        return GPT(scratch_config(args))
     print0(f"initialising from {args.init_from}")
     model = GPT.load(args.init_from)
     if overrides:
@@ -658,6 +667,37 @@ def resume(resume_path, model, optimizer, train_loader, args, world_size, print0
     return start_step
 
 
+def check_resume_shape(resume_path, args):
+    """Before the data and the model are built: a checkpoint resumes only into a model of its own shape, and a run
+    made with other size flags than the defaults (any run small enough for a CPU) needs them again. Not taken over
+    in silence: the error names the flags to pass."""
+    if args.init_from != "scratch":  # the shape comes from --init-from's model: resume() checks it
+        return
+    try:  # mmap: the args and config only, not gigabytes of weights; what is wrong with the file, resume() says
+        ckpt = torch.load(resume_path, map_location="cpu", weights_only=True, mmap=True)
+        config, saved = dict(ckpt["config"]), dict(ckpt.get("args", {}))
+    except Exception:
+        return
+    try:
+        ours = asdict(scratch_config(args))
+    except ValueError:  # sizes that do not fit together: build_model's error line
+        return
+    if config == ours:
+        return
+
+    def flags(keys):
+        now = vars(args)
+        return " ".join(f"--{k.replace('_', '-')} {saved[k]}" if saved[k] is not None else f"no --{k.replace('_', '-')}"
+                        for k in keys if k in saved and saved[k] != now.get(k))
+
+    model_flags = flags(("model", "n_layer", "n_head", "n_embd", "block_size", "vocab_size")) or \
+        f"flags that build {config}"  # a checkpoint without its args (made otherwise)
+    data_flags = flags(("batch_size", "seq_len", "total_batch_size"))
+    raise ConfigError(f"{resume_path} holds a model of another shape than this run builds: resume it with "
+                      f"{model_flags}" + (f" (its data flags were {data_flags}; those may change on a resume)"
+                                          if data_flags else ""))
+
+
 def check_same_checkpoint(resume_path, world_size):
     """Every rank must continue from the same checkpoint. Only rank 0 writes them: on several machines without a
     shared --log-dir the others would find none (or stale ones) and train on from another step, with another
@@ -816,6 +856,8 @@ def train(args, preemption, lock):
     resume_path = find_resume_checkpoint(args.resume, args.log_dir, warn=lambda m: print0(m, file=sys.stderr))
     if world_size > 1:
         check_same_checkpoint(resume_path, world_size)
+    if resume_path:
+        check_resume_shape(resume_path, args)
     enc = get_encoding()
 
     torch.manual_seed(args.seed)

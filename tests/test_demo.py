@@ -2,6 +2,7 @@
 import hashlib
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 
 import gpt2_tokenizer
 import plot_log
+import train_gpt2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_LOG = os.path.join(ROOT, "benchmarks", "logs", "2026-11-25_h100_gpt2-124m_kjv_200steps.log.txt")
@@ -55,6 +57,15 @@ def test_demo_reduced_run_trains_and_its_validation_loss_falls(tmp_path):
         assert f.read(8) == PNG_MAGIC
     # no red reference line: the cited GPT-2 loss was measured on FineWeb-Edu, not on the demo's Bible
     assert red_pixels(log_dir / "loss.png") == 0
+    # the commands it prints to copy: its training, and training on from its checkpoint, which a resume accepts
+    ran, resume = (re.search(rf"^{re.escape(lead)}python train_gpt2\.py (.+)$", out.stdout, re.M)
+                   for lead in ("", "to train on from its last checkpoint: "))
+    assert ran and resume and "--max-steps=12" in ran[1] and "--max-steps=24" in resume[1], out.stdout
+    resume_args = train_gpt2.parse_args(shlex.split(resume[1]))
+    assert resume_args.resume == "auto" and resume_args.n_embd == 128
+    checkpoint = train_gpt2.find_resume_checkpoint("auto", str(log_dir))
+    assert checkpoint == str(log_dir / "model_00012.pt")  # the state after its 12 steps
+    train_gpt2.check_resume_shape(checkpoint, resume_args)  # the model it builds is the checkpoint's
 
 
 def red_pixels(png):

@@ -818,12 +818,20 @@ def test_resume_of_a_file_that_is_no_checkpoint_is_an_error_line(data_root, refe
     assert str(path) in line and "checkpoint" in line
 
 
-def test_resume_of_another_models_checkpoint_is_an_error_line(data_root, reference, tmp_path, capsys):
+def test_resume_of_another_models_checkpoint_is_an_error_line_naming_the_flags_to_pass(data_root, reference,
+                                                                                        tmp_path, capsys):
     checkpoint = os.path.join(reference[1], "model_00004.pt")  # n_embd 64
     line = assert_one_error_line(run_main_in_process(
         tiny(data_root, tmp_path, "--n-embd", "32", "--resume", checkpoint), capsys))
-    assert checkpoint in line and "another shape" in line and "'n_embd': 64" in line and "'n_embd': 32" in line
+    assert line == f"error: {checkpoint} holds a model of another shape than this run builds: resume it with --n-embd 64"
     assert not os.path.exists(tmp_path / "log.txt")
+    # a CPU-sized run resumed with none of its flags: it was "B*T ... fewer than one micro-step needs: use a
+    # smaller B or T", then, with those fixed, a 124M model built only to be refused with two configs to compare
+    line = assert_one_error_line(run_main_in_process(
+        ["--data-root", data_root, "--log-dir", str(tmp_path), "--resume", checkpoint, "--no-hellaswag"], capsys))
+    assert line == (f"error: {checkpoint} holds a model of another shape than this run builds: resume it with "
+                    "--n-layer 2 --n-head 2 --n-embd 64 --block-size 64 (its data flags were --batch-size 4 "
+                    "--seq-len 32 --total-batch-size 256; those may change on a resume)")
 
 
 def test_the_batch_size_check_counts_every_process():
