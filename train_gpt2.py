@@ -687,10 +687,12 @@ def check_resume_shape(resume_path, args):
 
     def flags(keys):
         now = vars(args)
-        return " ".join(f"--{k.replace('_', '-')} {saved[k]}" if saved[k] is not None else f"no --{k.replace('_', '-')}"
+        shown = lambda k: f"--{k.replace('_', '-')}" + (f" {saved[k]}" if saved[k] is not None else "")  # noqa: E731
+        return " ".join(shown(k) if saved[k] is not None else f"no {shown(k)}"
                         for k in keys if k in saved and saved[k] != now.get(k))
 
-    model_flags = flags(("model", "n_layer", "n_head", "n_embd", "block_size", "vocab_size")) or \
+    # init_from: a run started from OpenAI's weights has their shape whatever its size flags say
+    model_flags = flags(("init_from", "model", "n_layer", "n_head", "n_embd", "block_size", "vocab_size")) or \
         f"flags that build {config}"  # a checkpoint without its args (made otherwise)
     data_flags = flags(("batch_size", "seq_len", "total_batch_size"))
     raise ConfigError(f"{resume_path} holds a model of another shape than this run builds: resume it with "
