@@ -1,6 +1,7 @@
 """train_gpt2.py end to end: a tiny GPT on a tiny real-English corpus, run as the user runs it
 (python and torchrun with gloo on CPU): DDP and multi-node equivalence, exact resume after SIGKILL,
 the LR schedule, the lecture's console and log formats, learning, torch.compile and every bad input."""
+import dataclasses
 import json
 import math
 import os
@@ -832,6 +833,19 @@ def test_resume_of_another_models_checkpoint_is_an_error_line_naming_the_flags_t
     assert line == (f"error: {checkpoint} holds a model of another shape than this run builds: resume it with "
                     "--n-layer 2 --n-head 2 --n-embd 64 --block-size 64 (its data flags were --batch-size 4 "
                     "--seq-len 32 --total-batch-size 256; those may change on a resume)")
+
+
+def test_a_resume_without_the_init_from_of_its_run_names_it(tmp_path):
+    # a run started from a save_pretrained folder (or OpenAI's weights) has that model's shape, whatever --model says
+    model = gpt2_modules.GPT(gpt2_modules.GPTConfig(block_size=64, vocab_size=50257, n_layer=1, n_head=2, n_embd=32))
+    path = str(tmp_path / "model_00004.pt")
+    torch.save({"model": model.state_dict(), "config": dataclasses.asdict(model.config),
+                "args": vars(train_gpt2.parse_args(["--init-from", "/models/hf_tiny"]))}, path)
+    with pytest.raises(train_gpt2.ConfigError) as e:
+        train_gpt2.check_resume_shape(path, train_gpt2.parse_args([]))
+    assert str(e.value) == (f"{path} holds a model of another shape than this run builds: resume it with "
+                            "--init-from /models/hf_tiny")
+    train_gpt2.check_resume_shape(path, train_gpt2.parse_args(["--init-from", "/models/hf_tiny"]))  # resume() checks
 
 
 def test_the_batch_size_check_counts_every_process():
