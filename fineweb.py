@@ -190,30 +190,41 @@ class _WriteOnly:
         self.write = f.write
 
 
+def flock_folder(path):
+    """A descriptor of the folder path holding flock() on it, or None where there is no such lock (Windows, some
+    network filesystems); BlockingIOError if another process holds it. No file is left behind: closing the
+    descriptor drops the lock, and the kernel drops it when the process ends, however it ends (a SIGKILL), so a
+    crashed run never blocks the next one. This and train_gpt2.py's log folder lock."""
+    try:
+        import fcntl
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise
+    except OSError:  # no locks on this filesystem
+        os.close(fd)
+        return None
+    return fd
+
+
 @contextlib.contextmanager
 def folder_lock(local_dir):
     """One fineweb.py at a time in local_dir: two would each write the shards of their own input under the same
-    names, and the manifest of the last to write, both ending without an error.
-
-    flock() on the folder itself, as train_gpt2.py's log folder: no file left behind, and the kernel drops the
-    lock when the process ends, however it ends. Without flock (Windows, some network filesystems), no check."""
+    names, and the manifest of the last to write, both ending without an error."""
     try:
-        import fcntl
-        fd = os.open(local_dir, os.O_RDONLY)
-    except (ImportError, OSError):
-        yield
-        return
+        fd = flock_folder(local_dir)
+    except BlockingIOError:
+        raise FinewebError(f"another fineweb.py is writing shards in {local_dir} (it holds the folder's lock): "
+                           "let it finish or stop it first, or pass another --local-dir") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FinewebError(f"another fineweb.py is writing shards in {local_dir} (it holds the folder's lock): "
-                               "let it finish or stop it first, or pass another --local-dir") from None
-        except OSError:  # no locks on this filesystem
-            pass
         yield
     finally:
-        os.close(fd)  # and with it the lock
+        if fd is not None:
+            os.close(fd)  # and with it the lock
 
 
 def shard_name(prefix, index):
@@ -805,12 +816,6 @@ def check_args(args):
     check_local_dir(args.local_dir)
     if args.cache_dir:  # datasets makes it only when it opens the input, and its error there named the input
         check_local_dir(args.cache_dir, flag="--cache-dir")
-    if args.files:  # a pattern like 'data/**/*.json' around the shards' folder matches its manifest on a rerun
-        local = os.path.abspath(args.local_dir) + os.sep
-        inside = next((f for f in resolve_files(args.files)[0] if f.startswith(local)), None)
-        if inside:
-            raise FinewebError(f"--files takes {inside}, inside --local-dir {args.local_dir}: the shards' folder "
-                               "would be read as input; narrow the pattern, or put the shards in another folder")
     if not args.files and os.path.isdir(args.dataset):
         inside = os.path.relpath(os.path.abspath(args.local_dir), os.path.abspath(args.dataset))
         if not (inside == os.pardir or inside.startswith(os.pardir + os.sep)):  # not above or beside it
@@ -866,6 +871,11 @@ def source_config(args):
     """What determines the token stream, recorded in the manifest: a rerun must match it to resume."""
     if args.files:
         files, _ = resolve_files(args.files)
+        # a pattern like 'data/**/*.json' around the shards' folder would match its manifest on a rerun
+        local = os.path.abspath(args.local_dir) + os.sep
+        if inside := next((f for f in files if f.startswith(local)), None):
+            raise FinewebError(f"--files takes {inside}, inside --local-dir {args.local_dir}: the shards' folder "
+                               "would be read as input; narrow the pattern, or put the shards in another folder")
         check_no_empty_gzip(files)
         return dict(dataset=None, remote_name=None, text_column=args.text_column, files=list(map(file_record, files)))
     if os.path.isdir(args.dataset):  # a local folder: its files too, for the same reason

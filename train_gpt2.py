@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dataloaderlite import DataLoaderLite
-from fineweb import LOCAL_DIR, fsync_dir
+from fineweb import LOCAL_DIR, flock_folder, fsync_dir
 from gpt2_modules import (ADAMW_BETAS, AUTOCAST, GPT, MODEL_SIZES, NUM_SAMPLES, PROMPT, SAMPLE_LENGTH, SAMPLE_SEED,
                           GPTConfig, HelpFormatter, check_seed, default_dtype, first_line, generate, is_out_of_memory,
                           load_checkpoint, resolve_device)
@@ -687,9 +687,9 @@ def check_resume_shape(resume_path, args):
 
     def flags(keys):
         now = vars(args)
-        shown = lambda k: f"--{k.replace('_', '-')}" + (f" {saved[k]}" if saved[k] is not None else "")  # noqa: E731
-        return " ".join(shown(k) if saved[k] is not None else f"no {shown(k)}"
-                        for k in keys if k in saved and saved[k] != now.get(k))
+        shown = lambda k: f"--{k.replace('_', '-')} {saved[k]}" if saved[k] is not None else \
+            f"no --{k.replace('_', '-')}"  # noqa: E731
+        return " ".join(shown(k) for k in keys if k in saved and saved[k] != now.get(k))
 
     # init_from: a run started from OpenAI's weights has their shape whatever its size flags say
     model_flags = flags(("init_from", "model", "n_layer", "n_head", "n_embd", "block_size", "vocab_size")) or \
@@ -732,10 +732,9 @@ class LogDirLock:
     """One run at a time in a log folder: a second run there would delete the first one's half-written
     checkpoint as stale, resume from its checkpoints and write its lines into the same log.txt.
 
-    The lock is flock() on the folder itself: no file to leave behind, and the kernel drops it when the
-    process ends, however it ends (a SIGKILL, a lost node), so a crashed run never blocks the next one.
-    Rank 0 holds it for the whole job. Where flock is missing (Windows) or unsupported (some network
-    filesystems) there is no check.
+    The lock is flock() on the folder itself (fineweb.flock_folder: nothing left behind, dropped however the
+    process ends). Rank 0 holds it for the whole job. Where flock is missing (Windows) or unsupported (some
+    network filesystems) there is no check.
     """
 
     def __init__(self, log_dir):
@@ -745,20 +744,10 @@ class LogDirLock:
         if self.fd is not None or not os.path.isdir(self.log_dir):
             return
         try:
-            import fcntl
-            fd = os.open(self.log_dir, os.O_RDONLY)
-        except (ImportError, OSError):
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.fd = flock_folder(self.log_dir)
         except BlockingIOError:
-            os.close(fd)
             raise ConfigError(f"another run is training in {self.log_dir}/ (it holds the folder's lock): let it "
                               "finish or stop it first, or give this run its own --log-dir") from None
-        except OSError:  # no locks on this filesystem
-            os.close(fd)
-            return
-        self.fd = fd
 
     def acquire_on_rank0(self, rank, world_size):
         """Rank 0 takes the lock and every rank learns whether it could, so that all of them stop together
