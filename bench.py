@@ -59,6 +59,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from fineweb import Terminated, sigterm_as_interrupt
 from gpt2_modules import GPT, MODEL_SIZES, GPTConfig, first_line
 from train_gpt2 import get_lr  # the schedule, recomputed per step as in training
 
@@ -660,13 +661,7 @@ def main(argv=None):
                  f"e.g. {os.path.join(args.profile, 'trace.json')}")
     check_results_file(args.results)
 
-    terminated = []
-
-    def on_sigterm(signum, frame):  # as Ctrl-C: the worker killed (run_in_process), what was measured kept
-        terminated.append(signum)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    sigterm_as_interrupt()  # a plain `kill` as Ctrl-C: the worker killed (run_in_process), what was measured kept
     run_id = datetime.datetime.now().strftime("%Y-%m-%dT%H:%M:%S") + f"-{os.getpid()}"
     print(f"bench.py run {run_id} | device {device_type} | torch {torch.__version__} | python "
           f"{platform.python_version()} | {os.cpu_count()} CPUs | model {args.model} "
@@ -679,7 +674,7 @@ def main(argv=None):
     run_start = time.perf_counter()
     results = {name: [] for name in names}  # one result per round
     rows = []
-    interrupted = False
+    interrupted = None  # the KeyboardInterrupt (Ctrl-C) or Terminated (SIGTERM) that cut the run short
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
         try:
             for r in range(args.rounds):
@@ -725,8 +720,8 @@ def main(argv=None):
                               f" | peak mem {result['peak_mem_gb']:.2f} GB", flush=True)
                     if r == args.rounds - 1:  # written as soon as it is final: a run cut short keeps what it measured
                         rows.append(record_config(name, results[name], rows, args, device_type, run_id, overrides))
-        except KeyboardInterrupt:  # Ctrl-C: the worker is killed (run_in_process); keep what was measured
-            interrupted = True
+        except KeyboardInterrupt as e:  # Ctrl-C: the worker is killed (run_in_process); keep what was measured
+            interrupted = e
             # what finished in earlier rounds only, with the rounds it has (its JSON line's `rounds`)
             recorded = {r["config"] for r in rows}
             for name in names:
@@ -745,12 +740,13 @@ def main(argv=None):
     if unsaved:
         sys.exit(f"error: the JSON lines of {', '.join(unsaved)} could not be appended to {args.results}; "
                  "they are printed above")
-    if interrupted:
+    if interrupted is not None:
         cut = [r["config"] for r in rows if r["rounds"] < args.rounds]
+        terminated = isinstance(interrupted, Terminated)
         print(f"error: {'terminated' if terminated else 'interrupted'}; the {len(rows)} configuration(s) in the "
               "table above are all that was measured" + (f" ({', '.join(cut)} in fewer than {args.rounds} rounds)"
                                                          if cut else ""), file=sys.stderr)
-        sys.exit(143 if terminated else 130)
+        sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))  # as the shell counts
     if not any(r["status"] == "ok" for r in rows):  # a run that measured nothing is a failure, not a result
         sys.exit(f"error: no configuration was measured ({statuses}); the reasons are printed above")
 
