@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import sys
 
 import numpy as np
@@ -55,8 +56,11 @@ def find_shards(data_root, split):
     except OSError as e:  # a folder this user may not list
         raise DataError(f"cannot list the shards in {data_root}/ ({e.strerror})") from None
     if not names:
+        # fineweb.py writes into its --local-dir, edu_fineweb10B/ unless told otherwise
+        local_dir = "" if os.path.normpath(data_root) == LOCAL_DIR else f" --local-dir {shlex.quote(data_root)}"
         raise DataError(f"no shards for split {split!r} in {data_root}/ (files like {PREFIX}_{split}_000000.npy): "
-                        f"make them with `python fineweb.py` (or `python fineweb.py --files ...` for local text)")
+                        f"make them with `python fineweb.py{local_dir}` (or `python fineweb.py --files ...{local_dir}` "
+                        "for local text)")
     names.sort(key=lambda n: (int(pattern.fullmatch(n)[1]), n))  # by name, shard 1000000 would come before 100001
     return [os.path.join(data_root, name) for name in names]
 

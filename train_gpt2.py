@@ -23,10 +23,12 @@ import os
 import platform
 import random
 import re
+import shlex
 import shutil
 import signal
 import sys
 import sysconfig
+import tempfile
 import time
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import asdict
@@ -164,7 +166,7 @@ def parse_args(argv=None):
                         "(AVX512_BF16, AMX), float32 elsewhere")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: on for CUDA, and on CPU with bfloat16 where a C++ "
-                        "compiler and Python's headers are found; off elsewhere)")
+                        "compiler and Python's headers are found, in folders without spaces; off elsewhere)")
     g.add_argument("--seed", type=int, default=1337,
                    help="torch's seed for the initialisation (the lecture's)")
     return p.parse_args(argv)
@@ -290,7 +292,16 @@ def can_compile_on_cpu():
     # inductor builds its CPU kernels as C++ Python extensions: it needs the compiler it looks for
     # ($CXX, else g++; clang++ on macOS) and Python's headers (Debian/Ubuntu: python3-dev)
     compiler = shutil.which(os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++"))
-    return compiler is not None and os.path.exists(os.path.join(sysconfig.get_path("include"), "Python.h"))
+    return (compiler is not None and os.path.exists(os.path.join(sysconfig.get_path("include"), "Python.h"))
+            and not spaced_compile_paths())
+
+
+def spaced_compile_paths():
+    """The folders inductor puts unquoted on the C++ compiler's command line (torch 2.13) that hold a space:
+    with the venv in "My Projects", the link fails with `cannot find Projects/...`."""
+    paths = [os.path.dirname(torch.__file__), sysconfig.get_path("include"),
+             os.environ.get("TORCHINDUCTOR_CACHE_DIR") or tempfile.gettempdir()]  # its cache is under the latter
+    return [p for p in paths if any(c.isspace() for c in p)]
 
 
 def is_compile_failure(e):
@@ -586,7 +597,7 @@ def find_resume_checkpoint(resume, log_dir, warn=print):
         return None
     if os.path.isdir(resume):
         raise ConfigError(f"--resume {resume} is a folder: name a checkpoint file in it, or resume its newest with "
-                          f"--resume auto --log-dir {resume}")
+                          f"--resume auto --log-dir {shlex.quote(resume)}")
     if not os.path.isfile(resume):
         raise ConfigError(f"--resume {resume}: no such checkpoint file")
     problem = checkpoint_problem(resume, need_sidecar=False)  # a checkpoint copied without its sidecar loads
@@ -632,7 +643,7 @@ def resume(resume_path, model, optimizer, train_loader, args, world_size, print0
     ckpt = load_checkpoint(resume_path, map_location="cpu")
     if missing := [key for key in ("optimizer", "step", "loader", "rng") if key not in ckpt]:
         raise ConfigError(f"{resume_path} holds no {', '.join(missing)} to resume from (weights only?); start "
-                          f"a run from its weights with --init-from {resume_path}")
+                          f"a run from its weights with --init-from {shlex.quote(resume_path)}")
     if ckpt["config"] != asdict(model.config):
         raise ConfigError(f"{resume_path} holds a model of another shape ({ckpt['config']}) "
                           f"than this run builds ({asdict(model.config)})")
@@ -687,7 +698,7 @@ def check_resume_shape(resume_path, args):
 
     def flags(keys):
         now = vars(args)
-        shown = lambda k: f"--{k.replace('_', '-')} {saved[k]}" if saved[k] is not None else \
+        shown = lambda k: f"--{k.replace('_', '-')} {shlex.quote(str(saved[k]))}" if saved[k] is not None else \
             f"no --{k.replace('_', '-')}"  # noqa: E731
         return " ".join(shown(k) for k in keys if k in saved and saved[k] != now.get(k))
 
@@ -1018,8 +1029,10 @@ def main(argv=None):
                  "accumulation keeps --total-batch-size (README: Other GPU counts, 40 GB cards)")
         if not is_compile_failure(e):
             raise
+        spaced = spaced_compile_paths()
         fail(f"torch.compile failed on this machine ({first_line(e)}); run with --no-compile "
-             "(on a CPU, compiling needs a C++ compiler and Python's headers)")
+             + (f"(inductor cannot build its kernels where a folder it hands the C++ compiler holds a space: "
+                f"{spaced[0]})" if spaced else "(on a CPU, compiling needs a C++ compiler and Python's headers)"))
     finally:
         lock.release()
         preemption.restore()

@@ -3,6 +3,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import torch
 from pydoc_data.topics import topics
 
 from dataloaderlite import DataError, DataLoaderLite
-from fineweb import ShardWriter, shard_name
+from fineweb import LOCAL_DIR, ShardWriter, shard_name
 from gpt2_tokenizer import EOT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -386,11 +387,20 @@ def test_shuffle_is_reproducible_from_the_seed_and_identical_on_every_rank(tmp_p
 # -----------------------------------------------------------------------------
 # bad input
 
-def test_no_shards_names_the_folder_and_the_command_that_makes_them(tmp_path):
+def test_no_shards_names_the_folder_and_the_command_that_makes_them(tmp_path, monkeypatch):
     write_shards(tmp_path, split="val")  # val shards only
     for folder in (tmp_path, tmp_path / "missing"):
         with pytest.raises(DataError, match=rf"no shards for split 'train' in {folder}/.*python fineweb.py.*--files"):
             loader(folder)
+    # the command writes into this folder (fineweb.py's default is the lecture's edu_fineweb10B/), quoted to copy
+    with pytest.raises(DataError) as e:
+        loader(tmp_path / "my data")
+    command = re.search(r"`(python fineweb.py[^`]*)`", str(e.value))[1]
+    assert shlex.split(command) == ["python", "fineweb.py", "--local-dir", str(tmp_path / "my data")]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as e:
+        loader(LOCAL_DIR)
+    assert "make them with `python fineweb.py` (or `python fineweb.py --files ...` for local text)" in str(e.value)
 
 
 def test_a_shard_shorter_than_one_step_is_skipped_and_named(tmp_path, capsys):

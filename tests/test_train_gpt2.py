@@ -578,6 +578,34 @@ def test_a_failing_compiler_is_one_error_line_that_suggests_no_compile(data_root
     assert "torch.compile failed" in line and "--no-compile" in line and "C++ compiler" in line
 
 
+def test_a_folder_with_a_space_that_inductor_would_hand_the_compiler_turns_cpu_compiling_off(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "in ductor"))
+    assert train_gpt2.spaced_compile_paths() == [str(tmp_path / "in ductor")]
+    assert not train_gpt2.can_compile_on_cpu()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    assert str(tmp_path / "inductor") not in train_gpt2.spaced_compile_paths()
+
+
+@pytest.mark.slow
+def test_torch_in_a_folder_with_a_space_trains_eagerly_by_default_and_says_why_compiling_fails(data_root, tmp_path):
+    # a venv in "My Projects": torch's folder reaches the linker unquoted (`cannot find Projects/...`);
+    # torch imported through a link with a space in its path is the same case, without a second venv
+    site = tmp_path / "my venv"
+    site.mkdir()
+    (site / "site-packages").symlink_to(os.path.dirname(os.path.dirname(torch.__file__)))
+    env = {"PYTHONPATH": str(site / "site-packages"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    # TINY's --dtype float32 --no-compile dropped: the defaults, which compile on a CPU with bf16 (as this one)
+    flags = [f for f in tiny(data_root, tmp_path / "auto", "--max-steps", "1", "--device", "cpu")
+             if f not in ("--dtype", "float32", "--no-compile")]
+    result = run_script(flags, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"\| compile False \|", result.stdout), result.stdout[:2000]
+    result = run_script(tiny(data_root, tmp_path / "asked", "--max-steps", "1", "--device", "cpu", "--compile"),
+                        env=env)
+    line = assert_one_error_line(result)
+    assert "torch.compile failed" in line and f"holds a space: {site / 'site-packages'}" in line, line
+
+
 @pytest.mark.parametrize("device,bf16,cxx,flags,expected", [
     ("cuda", False, False, {}, ("bfloat16", True)),
     ("mps", True, True, {}, ("float32", False)),
@@ -688,8 +716,8 @@ def test_a_log_txt_that_is_a_folder_is_named(data_root, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case, expected", [
-    ("missing", r"no shards for split 'train' in .*/data/ .*: make them with `python fineweb.py`"),
-    ("empty", r"no shards for split 'train' in .*/data/ .*: make them with `python fineweb.py`"),
+    ("missing", r"no shards for split 'train' in .*/data/ .*: make them with `python fineweb.py --local-dir .*/data`"),
+    ("empty", r"no shards for split 'train' in .*/data/ .*: make them with `python fineweb.py --local-dir .*/data`"),
     ("no val shard", r"no shards for split 'val' in .*/data/ \(files like edufineweb_val_000000.npy\)"),
     ("int32 shard", r"edufineweb_train_000001.npy is not a 1-D uint16 token array: dtype int32, shape \(\d+,\)$"),
     ("2-D shard", r"edufineweb_train_000001.npy is not a 1-D uint16 token array: dtype uint16, shape \(\d+, 2\)$"),
@@ -792,11 +820,12 @@ def test_resume_from_a_checkpoint_with_later_ones_beside_it_is_an_error_line(dat
 def test_resume_of_a_checkpoint_of_weights_only_is_an_error_line(data_root, reference, tmp_path, capsys):
     ckpt = torch.load(os.path.join(reference[1], "model_00004.pt"), weights_only=True)
     del ckpt["optimizer"]  # slimmed to save space
-    torch.save(ckpt, tmp_path / "slim.pt")
+    torch.save(ckpt, tmp_path / "slim model.pt")
     line = assert_one_error_line(run_main_in_process(
-        tiny(data_root, tmp_path / "log", "--resume", str(tmp_path / "slim.pt")), capsys))
-    assert line == (f"error: {tmp_path / 'slim.pt'} holds no optimizer to resume from (weights only?); start a run "
-                    f"from its weights with --init-from {tmp_path / 'slim.pt'}")
+        tiny(data_root, tmp_path / "log", "--resume", str(tmp_path / "slim model.pt")), capsys))
+    # the flag quoted, to copy
+    assert line == (f"error: {tmp_path / 'slim model.pt'} holds no optimizer to resume from (weights only?); start a "
+                    f"run from its weights with --init-from '{tmp_path / 'slim model.pt'}'")
 
 
 def test_resume_of_a_missing_file_is_an_error_line(data_root, tmp_path, capsys):
@@ -840,12 +869,12 @@ def test_a_resume_without_the_init_from_of_its_run_names_it(tmp_path):
     model = gpt2_modules.GPT(gpt2_modules.GPTConfig(block_size=64, vocab_size=50257, n_layer=1, n_head=2, n_embd=32))
     path = str(tmp_path / "model_00004.pt")
     torch.save({"model": model.state_dict(), "config": dataclasses.asdict(model.config),
-                "args": vars(train_gpt2.parse_args(["--init-from", "/models/hf_tiny"]))}, path)
+                "args": vars(train_gpt2.parse_args(["--init-from", "/models/hf tiny"]))}, path)
     with pytest.raises(train_gpt2.ConfigError) as e:
         train_gpt2.check_resume_shape(path, train_gpt2.parse_args([]))
     assert str(e.value) == (f"{path} holds a model of another shape than this run builds: resume it with "
-                            "--init-from /models/hf_tiny")
-    train_gpt2.check_resume_shape(path, train_gpt2.parse_args(["--init-from", "/models/hf_tiny"]))  # resume() checks
+                            "--init-from '/models/hf tiny'")  # quoted, to copy
+    train_gpt2.check_resume_shape(path, train_gpt2.parse_args(["--init-from", "/models/hf tiny"]))  # resume() checks
 
 
 def test_the_batch_size_check_counts_every_process():
