@@ -86,6 +86,9 @@ def main(argv=None):
     parser.add_argument("--log-dir", default=DEMO_LOG,
                         help=f"log.txt, the checkpoint and loss.png go here (default: {DEMO_LOG}, which each demo "
                              "run starts afresh; another folder must not hold another run's checkpoints)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="passed on to train_gpt2.py (default: its choice, on where this CPU has bf16 and "
+                             "torch.compile can build its kernels)")
     args = parser.parse_args(argv)
     # checked here, before minutes of corpus and shards, and under the flags the user typed (the scripts
     # the demo runs would name their own flags)
@@ -128,7 +131,8 @@ def main(argv=None):
 
     print("== 2/4 shards (fineweb.py)", flush=True)
     # 100k-token shards: the val shard is the first ~100k tokens (Genesis to Leviticus 12 for the Bible)
-    fineweb.main(["--files", corpus, "--local-dir", data_dir, "--shard-size", "100000", "--quiet"])
+    # FLAG=VALUE forms throughout: a folder named "-data" is a value, not a flag
+    fineweb.main(["--files", corpus, f"--local-dir={data_dir}", "--shard-size", "100000", "--quiet"])
 
     print("== 3/4 training (train_gpt2.py)", flush=True)
     # every demo starts over in its own folder, where train_gpt2.py would refuse to start a new run beside
@@ -137,10 +141,10 @@ def main(argv=None):
         for _, path in train_gpt2.list_checkpoints(args.log_dir):
             train_gpt2.remove_checkpoint(path)
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in DEMO_ARGS.items()]
-    flags += [f"--max-steps={args.steps}", "--data-root", data_dir, "--log-dir", args.log_dir, "--device", "cpu",
-              "--no-hellaswag"]
+    flags += [f"--max-steps={args.steps}", f"--data-root={data_dir}", f"--log-dir={args.log_dir}", "--device=cpu",
+              "--no-hellaswag"] + ([] if args.compile is None else ["--compile" if args.compile else "--no-compile"])
     # the command to copy: a run of one's own at this scale, and (below) training on from where the demo stops
-    print(f"python train_gpt2.py {shlex.join(flags)}", flush=True)
+    print(train_command(flags), flush=True)
     train_gpt2.main(flags + ["--resume", "none"])
 
     print("== 4/4 plot (plot_log.py)", flush=True)
@@ -154,11 +158,19 @@ def main(argv=None):
     print(f"to train on from its last checkpoint: {resume_command(flags, 2 * args.steps)}")
 
 
+def train_command(flags):
+    """`python train_gpt2.py FLAGS` to copy, run from the folder the demo ran in (its paths are relative to it)."""
+    script = os.path.relpath(train_gpt2.__file__)
+    if script.startswith(os.pardir):  # the repo is not below this folder: its full path reads better
+        script = os.path.abspath(train_gpt2.__file__)
+    return f"python {shlex.join([script, *flags])}"
+
+
 def resume_command(flags, max_steps):
     """The demo's train_gpt2.py command, resumed from its checkpoint and run to max_steps (the schedule stretched
     to them): the flags again, as a resume needs them."""
     flags = [f"--max-steps={max_steps}" if f.startswith("--max-steps=") else f for f in flags]
-    return f"python train_gpt2.py {shlex.join(flags + ['--resume', 'auto'])}"
+    return train_command(flags + ["--resume", "auto"])
 
 
 if __name__ == "__main__":

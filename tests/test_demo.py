@@ -172,6 +172,26 @@ def test_a_corpus_cache_the_demo_cannot_write_is_one_error_line(tmp_path, case):
     assert sorted(os.listdir(tmp_path)) == ["work"]  # no shards or log
 
 
+@pytest.mark.slow
+def test_the_commands_the_demo_prints_run_where_it_ran_with_folders_named_like_flags(tmp_path):
+    # run from a folder other than the repo's, the printed `python train_gpt2.py` named a script that was not
+    # there; a --data-dir "-data" became a flag of fineweb.py's (argparse: "expected one argument")
+    work = tmp_path / "work"
+    work.mkdir()
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "demo.py"), "--corpus", "pydoc", "--steps", "2",
+                          "--data-dir=-data", "--log-dir=-log", "--no-compile"], cwd=work, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(os.listdir(work)) == ["-data", "-log", ".cache"]
+    resume = re.search(r"^to train on from its last checkpoint: (python .+)$", out.stdout, re.M)[1]
+    assert "--no-compile" in resume and "--data-root=-data" in resume
+    again = subprocess.run(shlex.split(resume.replace("python", sys.executable, 1)), cwd=work, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from -log/model_00002.pt at step 2" in again.stdout
+    assert re.findall(r"^step +(\d+) \|", again.stdout, re.M) == ["2", "3"]
+
+
 def test_the_pydoc_corpus_is_written_once_so_a_rerun_reuses_its_shards(tmp_path):
     # rewritten on every run, its newer mtime made fineweb.py refuse the demo's own shards from the run before
     import demo
