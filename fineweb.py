@@ -234,6 +234,21 @@ def shard_name(prefix, index):
 # -----------------------------------------------------------------------------
 # shards and the manifest
 
+def wherever(config):
+    """A manifest's config without where its local input lies: each file by its path below the files' common
+    folder, so that the same files moved or renamed together (a repo moved to another folder: `mv` keeps
+    their bytes and mtimes) are the same input, and a rerun goes on from the shards already written."""
+    files = config.get("files")
+    if not files:  # a hub dataset, or a manifest of a fineweb.py before files were kept
+        return config
+    try:
+        root = os.path.commonpath([os.path.dirname(f["path"]) for f in files])
+        return {**config, "dataset": None,  # a local folder's path (hub ids have no files)
+                "files": [{**f, "path": os.path.relpath(f["path"], root)} for f in files]}
+    except (ValueError, TypeError, KeyError):  # a manifest edited by hand: compared as it is
+        return config
+
+
 def config_change(old, new):
     """What differs between two manifests' configs, in words: for the input files, which file and how."""
     short = lambda v: repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."  # noqa: E731
@@ -302,7 +317,8 @@ class ShardWriter:
             old_config, shards = manifest["config"], manifest["shards"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise FinewebError(f"cannot read {self.manifest_path} ({e}); delete {self.local_dir} to start over")
-        if old_config != self.config and any(os.path.exists(os.path.join(self.local_dir, s["file"])) for s in shards):
+        if (wherever(old_config) != wherever(self.config)
+                and any(os.path.exists(os.path.join(self.local_dir, s["file"])) for s in shards)):
             raise FinewebError(f"{self.local_dir} holds shards made with other arguments "
                                f"({config_change(old_config, self.config)}); "
                                "pass another --local-dir, or delete it to start over")
@@ -563,6 +579,10 @@ def open_dataset(datasets, dataset, remote_name, files, streaming, cache_dir, nu
         if streaming:
             ds = ds.to_iterable_dataset()
     elif os.path.isdir(dataset):  # a local folder of data files
+        if glob.has_magic(os.path.abspath(dataset)):  # datasets finds the folder's files with glob patterns
+            raise FinewebError(f"--dataset {dataset}: datasets would read its path {os.path.abspath(dataset)} as a "
+                               "glob pattern (it holds [, * or ?), which matches other folders or none; rename "
+                               "it, or name its files with --files")
         check_folder_read_whole(datasets, dataset, remote_name)
         # the data files that datasets would read: .txt ones alone make it use its text builder
         kinds = {data_extension(f) for f in folder_files(dataset)} & DATA_EXTENSIONS

@@ -244,6 +244,19 @@ def test_an_empty_gzip_file_is_named_not_read_as_an_empty_document(tmp_path, cap
                   "--cache-dir", str(tmp_path / "hf"), "--quiet"])
 
 
+def test_a_dataset_folder_whose_path_datasets_would_glob_is_one_error_line(tmp_path, capsys):
+    # datasets globs under the folder's path: "in[1]" matched nothing, or read a sibling "in1" without a word
+    write_input(tmp_path / "in[1]", "jsonl")
+    write_input(tmp_path / "in1", "jsonl", docs=["another corpus"])
+    with pytest.raises(SystemExit):
+        fineweb.main(["--dataset", str(tmp_path / "in[1]"), "--local-dir", str(tmp_path / "out"), "--quiet",
+                      "--cache-dir", str(tmp_path / "hf")])
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --dataset {tmp_path / 'in[1]'}: datasets would read its path") and \
+        err.endswith("rename it, or name its files with --files\n"), err
+    assert not os.path.exists(tmp_path / "out")
+
+
 def test_a_rerun_after_a_file_of_a_dataset_folder_changed_refuses_and_names_the_file(tmp_path, capsys):
     files = write_input(tmp_path / "folder", "jsonl")
     args = ["--dataset", str(tmp_path / "folder"), "--local-dir", str(tmp_path / "out"), "--shard-size",
@@ -457,6 +470,29 @@ def test_rerun_after_a_kill_mid_shard_ends_byte_identical_to_an_uninterrupted_ru
     assert f"{crash_after} kept from an earlier run" in r.stdout
     assert file_bytes(out) == want
     assert not glob.glob(str(out / "*.tmp"))
+
+
+@pytest.mark.parametrize("source", ["--files", "--dataset"])
+def test_a_rerun_after_the_input_and_shards_moved_together_goes_on_from_the_shards_written(tmp_path, reference,
+                                                                                           source):
+    # the manifest records the input files by absolute path: a repo moved to another folder (`mv` keeps bytes
+    # and mtimes) was refused as "new" and "gone" files, the demo's shards included
+    _, _, want = reference
+    write_input(tmp_path / "repo" / "in", "jsonl")
+    args = lambda repo: [source, f"{repo}/in" + ("/*.jsonl" if source == "--files" else ""),  # noqa: E731
+                         "--local-dir", f"{repo}/out", "--shard-size", str(SHARD), "--num-proc", "2"]
+    r = run_cli(args("repo"), tmp_path, env={"FINEWEB_CRASH_AFTER_SHARDS": "2"})
+    assert r.returncode == 137 and len(shard_files(tmp_path / "repo" / "out")) == 2
+    os.rename(tmp_path / "repo", tmp_path / "moved")
+    r = run_cli(args("moved"), tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "2 kept from an earlier run" in r.stdout
+    assert file_bytes(tmp_path / "moved" / "out") == want
+    # the same files moved but one of them edited since: still refused, naming it
+    with open(tmp_path / "moved" / "in" / "docs.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"text": "An edit."}) + "\n")
+    r = run_cli(args("moved"), tmp_path)
+    assert r.returncode == 1 and "holds shards made with other arguments" in r.stderr, r.stderr
 
 
 def interrupted(docs, stop):
