@@ -659,6 +659,8 @@ def main(argv=None):
     if args.profile and os.path.isdir(args.profile):  # torch's export would replace an empty folder by the trace
         sys.exit(f"error: --profile {args.profile} is a folder: name the trace file, "
                  f"e.g. {os.path.join(args.profile, 'trace.json')}")
+    if args.profile:  # the worker runs in the repo's folder: a relative path is this folder's
+        args.profile = os.path.abspath(args.profile)
     check_results_file(args.results)
 
     sigterm_as_interrupt()  # a plain `kill` as Ctrl-C: the worker killed (run_in_process), what was measured kept

@@ -25,6 +25,7 @@ import argparse
 import collections
 import contextlib
 import datetime
+import glob
 import hashlib
 import importlib.metadata
 import io
@@ -110,7 +111,7 @@ def lecture_tokenize(row):
 def run_lecture(corpus, out_dir, shard_size, cache_dir):
     from datasets import load_dataset
 
-    ds = load_dataset("json", data_files=[corpus], split="train", cache_dir=cache_dir)
+    ds = load_dataset("json", data_files=[glob.escape(corpus)], split="train", cache_dir=cache_dir)
     with mp.Pool(max(1, fineweb.available_cpus() // 2)) as pool:  # the lecture's os.cpu_count() // 2
         index, count, buf = 0, 0, np.empty(shard_size, dtype=np.uint16)
         for tokens in pool.imap(lecture_tokenize, ds, chunksize=16):
@@ -201,7 +202,7 @@ def main():
         sys.exit(f"error: the corpus {corpus} holds no documents; delete it and it will be built again")
     hf_cache = os.path.join(args.cache, "hf")
     from datasets import load_dataset
-    load_dataset("json", data_files=[corpus], split="train", cache_dir=hf_cache)  # build the Arrow cache untimed
+    load_dataset("json", data_files=[glob.escape(corpus)], split="train", cache_dir=hf_cache)  # build the Arrow cache untimed
     try:
         get_encoding()
     except TokenizerUnavailable as e:

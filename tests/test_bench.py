@@ -121,8 +121,8 @@ TINY = ["--device", "cpu", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", 
         "-T", "32", "--steps", "2", "--warmup", "1"]
 
 
-def run_bench(*args, timeout=120):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), *TINY, *args], cwd=ROOT,
+def run_bench(*args, timeout=120, cwd=ROOT):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), *TINY, *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -293,8 +293,9 @@ def test_a_profile_path_that_is_a_folder_fails_before_measuring_anything(tmp_pat
 
 
 def test_profile_writes_a_chrome_trace_and_a_table_of_where_the_step_went(tmp_path):
-    results, trace = tmp_path / "results.jsonl", tmp_path / "trace.json"
-    r = run_bench("--configs", "fp32", "--profile", str(trace), "--profile-steps", "1", "--results", str(results))
+    # paths relative to where it runs, not the repo (its worker's folder), where they once went
+    r = run_bench("--configs", "fp32", "--profile", "trace.json", "--profile-steps", "1", "--results",
+                  "results.jsonl", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     for name in ("baseline", "fp32"):  # several configurations: one trace and one table each
         events = json.loads((tmp_path / f"trace.{name}.json").read_text())["traceEvents"]

@@ -75,6 +75,19 @@ def test_tokenize_bench_without_its_registry_says_where_the_corpus_comes_from(tm
                                          f"{tmp_path}")
 
 
+def test_tokenize_bench_reads_its_corpus_from_a_cache_whose_path_looks_like_a_glob(tmp_path):
+    # datasets reads data_files as glob patterns: under "c[1]" the corpus matched nothing (StopIteration), or a
+    # sibling "c1"'s corpus was measured instead
+    docs = [json.dumps({"text": f"Chapter {i}\n\nIn the beginning was the word, {i} times."}) for i in range(40)]
+    for folder, n in (("c[1]", 40), ("c1", 3)):
+        os.makedirs(tmp_path / folder)
+        (tmp_path / folder / "kjv_chapters_1mb.jsonl").write_text("\n".join(docs[:n]) + "\n")
+    r = run("tokenize_bench.py", "--cache", tmp_path / "c[1]", "--corpus-mb", "1", "--repeats", "1",
+            "--shard-size", "100", "--no-record")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "40 documents" in r.stdout, r.stdout
+
+
 # -----------------------------------------------------------------------------
 # hellaswag_bench.py and loader_memory_bench.py
 
