@@ -202,7 +202,8 @@ def main():
         sys.exit(f"error: the corpus {corpus} holds no documents; delete it and it will be built again")
     hf_cache = os.path.join(args.cache, "hf")
     from datasets import load_dataset
-    load_dataset("json", data_files=[glob.escape(corpus)], split="train", cache_dir=hf_cache)  # build the Arrow cache untimed
+    # build the Arrow cache untimed; data_files are glob patterns to datasets: a cache under "c[1]/" is escaped
+    load_dataset("json", data_files=[glob.escape(corpus)], split="train", cache_dir=hf_cache)
     try:
         get_encoding()
     except TokenizerUnavailable as e:
