@@ -21,6 +21,7 @@ import codecs
 import contextlib
 import glob
 import gzip
+import importlib.metadata
 import json
 import logging
 import multiprocessing as mp
@@ -101,6 +102,20 @@ def encode_ordinary(enc, text):
         return enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
     except UnicodeEncodeError:  # lone surrogates: encode_ordinary knows how to repair them, encode_to_numpy not
         return np.array(enc.encode_ordinary(text), dtype=np.uint32)
+
+
+def check_tiktoken(enc):
+    """encode_ordinary above needs tiktoken 0.11 or later: before 0.9 there is no encode_to_numpy, and 0.9 and
+    0.10 ignore its allowed_special, so a document that quotes "<|endoftext|>" would be cut in two in silence."""
+    text = "a <|endoftext|> b"
+    try:
+        same = encode_ordinary(enc, text).tolist() == enc.encode_ordinary(text)
+    except AttributeError:
+        same = False
+    if not same:
+        raise FinewebError(f"tiktoken {importlib.metadata.version('tiktoken')} cannot tokenize the shards faithfully "
+                           "(encode_to_numpy is missing, or treats text as special tokens); install tiktoken 0.11 or "
+                           "later: pip install -r requirements.txt")
 
 
 _EOT = np.array([EOT], dtype=np.uint32)
@@ -426,6 +441,7 @@ def write_shards(documents, local_dir, shard_size=10**8, num_proc=None, *, confi
         raise FinewebError(f"the shard size must be at least 1 token (got {shard_size})")
     num_proc = num_proc or available_cpus()
     enc = get_encoding()  # fail here, in one process, if the tokenizer files are missing
+    check_tiktoken(enc)
     assert enc.n_vocab <= 2**16, "uint16 shards need a vocabulary of at most 65,536 tokens"
     config = dict(config or {}, tokenizer="gpt2", shard_size=shard_size, prefix=prefix)
     created = not os.path.isdir(local_dir)

@@ -444,6 +444,23 @@ def test_reader_stays_a_bounded_number_of_batches_ahead_of_the_writer():
     assert len(pulled) == 50
 
 
+def test_a_tiktoken_whose_encode_to_numpy_is_not_encode_ordinary_is_refused(enc):
+    fineweb.check_tiktoken(enc)  # the installed one (>= 0.11)
+
+    class Tiktoken_0_10:  # 0.9 and 0.10 passed their special tokens on in place of the allowed_special given
+        encode_ordinary = staticmethod(enc.encode_ordinary)
+
+        def encode_to_numpy(self, text, allowed_special, disallowed_special):
+            return np.array(enc.encode(text, allowed_special="all"), dtype=np.uint32)
+
+    class Tiktoken_0_8:  # no encode_to_numpy yet
+        encode_ordinary = staticmethod(enc.encode_ordinary)
+
+    for old in (Tiktoken_0_10(), Tiktoken_0_8()):
+        with pytest.raises(fineweb.FinewebError, match=r"install tiktoken 0.11 or later: pip install -r "):
+            fineweb.check_tiktoken(old)
+
+
 def test_write_shards_takes_any_iterable_of_strings(tmp_path, enc):
     summary = fineweb.write_shards(iter(DOCS), str(tmp_path / "out"), shard_size=SHARD, num_proc=2, progress=False)
     np.testing.assert_array_equal(read_shards(tmp_path / "out"), expected_stream(enc))
