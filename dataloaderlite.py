@@ -19,7 +19,8 @@ over to the next one (after the last shard: shard 0 again, a new epoch); a shard
 (fineweb.py's leftover last shard can be) is skipped. Extras that leave that order alone: a memory
 footprint of a few batches whatever the shard size, state_dict()/load_state_dict() for exact
 resumption, DataError on bad shards (and on shards that differ from the sizes fineweb.py's manifest.json
-records), a warning for an unfinished fineweb.py run, and shuffle=True (off by default).
+records, and, given vocab_size, on a token id the model has no embedding for), a warning for an
+unfinished fineweb.py run, and shuffle=True (off by default).
 """
 
 import argparse
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from fineweb import LOCAL_DIR, MANIFEST, PREFIX
+from gpt2_tokenizer import VOCAB_SIZE
 
 
 class DataError(ValueError):
@@ -144,7 +146,7 @@ def read_header(path):
 class DataLoaderLite:
 
     def __init__(self, B, T, process_rank, num_processes, split, data_root=LOCAL_DIR,
-                 shuffle=False, seed=1337, device="cpu", verbose=True):
+                 shuffle=False, seed=1337, device="cpu", verbose=True, vocab_size=None):
         if B <= 0 or T <= 0:
             raise DataError(f"B and T must be positive, got B={B}, T={T}")
         if not 0 <= process_rank < num_processes:
@@ -156,6 +158,10 @@ class DataLoaderLite:
         self.process_rank, self.num_processes = process_rank, num_processes
         self.split, self.shuffle, self.seed = split, shuffle, seed
         self.device = torch.device(device)
+        # a token id at or above the model's vocab_size (shards of another tokenizer, a --vocab-size below
+        # GPT-2's 50,257) is a DataError here, on the host: on a GPU it would be an opaque device-side assert,
+        # compiled on a CPU a kernel's traceback or an abort; a max over one batch costs microseconds
+        self.vocab_size = vocab_size
         # how far one micro-step (one next_batch() on every rank) moves, all ranks together; an optimizer step
         # of train_gpt2.py is grad_accum_steps of them
         self.micro_step_tokens = B * T * num_processes
@@ -229,6 +235,11 @@ class DataLoaderLite:
             raise DataError(f"{path} ends before token {start + B * T + 1:,}, which this micro-step reads, although "
                             f"its header says {self.lengths[self.current_shard]:,}: it was cut short after it was "
                             "checked; restore it, or rerun the fineweb.py command that made it")
+        if self.vocab_size is not None and tokens.max() >= self.vocab_size:
+            bad = int(np.argmax(tokens >= self.vocab_size))
+            raise DataError(f"{path} holds token id {tokens[bad]} (its token {start + bad:,}), out of range for "
+                            f"the model's vocab_size {self.vocab_size:,}: the shards come from another tokenizer "
+                            f"than GPT-2's, or the vocab_size is below its {VOCAB_SIZE:,} tokens")
         buf = torch.from_numpy(tokens.astype(np.int64))
         if self.device.type == "cuda":
             # from pinned memory the copy runs asynchronously; torch's pinned-memory cache keeps this

@@ -886,6 +886,7 @@ def train(args, preemption, lock):
     model = build_model(args, print0)
     if T > model.config.block_size:
         raise ConfigError(f"--seq-len {T} exceeds the model's block size {model.config.block_size}")
+    train_loader.vocab_size = val_loader.vocab_size = model.config.vocab_size  # each batch's ids checked
     if hellaswag_path:
         prepare_hellaswag(hellaswag_path, model.config.block_size, rank, world_size)
     model.to(device)

@@ -695,3 +695,20 @@ def test_cli_help_says_it_is_a_library_with_a_folder_check():
     out = run_cli("--help")
     assert out.returncode == 0
     assert "A library for train_gpt2.py" in out.stdout and "data_root" in out.stdout
+
+
+def test_a_token_id_at_or_beyond_the_vocab_size_is_a_data_error_naming_shard_and_position(tmp_path):
+    write_shards(tmp_path)  # shard i holds i*1000, i*1000+1, ...: shard 1 starts at 1000
+    dl = loader(tmp_path, vocab_size=1000)
+    stream(dl, 12)  # shard 0 (ids 0-99): 12 batches of B*T+1 = 9 tokens, all below 1000
+    with pytest.raises(DataError) as e:
+        dl.next_batch()
+    assert str(e.value) == (f"{tmp_path / 'edufineweb_train_000001.npy'} holds token id 1000 (its token 0), out of "
+                            "range for the model's vocab_size 1,000: the shards come from another tokenizer than "
+                            "GPT-2's, or the vocab_size is below its 50,257 tokens")
+    dl = loader(tmp_path, vocab_size=1001)  # 1000 is in range; 1001 the first id out of it
+    stream(dl, 12)
+    with pytest.raises(DataError, match=r"holds token id 1001 \(its token 1\)"):
+        dl.next_batch()
+    dl = loader(tmp_path)  # no vocab_size: no check (shard 2 holds ids up to 2130)
+    assert int(torch.cat([y.flatten() for _, y in stream(dl, 40)]).max()) == 2128

@@ -279,6 +279,30 @@ def test_a_step_that_fails_before_its_update_is_saved_and_the_resumed_run_matche
     assert_same_run(log_dir, tmp_path / "whole")
 
 
+def test_a_token_id_beyond_the_vocabulary_mid_run_is_an_error_line_naming_the_shard_not_an_abort(
+        data_root, tmp_path):
+    # shards of another tokenizer (uint16 holds ids up to 65,535). Compiled on a CPU, an inductor kernel's
+    # index check used to stop the run: here a RuntimeError traceback; in step 0's validation, an abort
+    # ("terminate called ... index out of bounds"); on a GPU, a device-side assert. The loader now checks
+    # each batch on the host, before the model sees it.
+    data, shard = data_whose_second_train_shard_starts_at_step_5(data_root, tmp_path)
+    tokens = np.load(shard)
+    tokens[100] = 60_000
+    np.save(shard, tokens)
+    log_dir = tmp_path / "log"
+    result = run_script(tiny(str(data), log_dir, *FAULTY, "--max-steps", "6", "--compile", "--checkpoint-interval",
+                             "1000"))
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert result.stdout.splitlines()[-1] == (
+        f"saved {log_dir / 'model_00005.pt'}: the state before the failed step 5; fix the cause (the error line), "
+        "then continue with --resume auto")
+    assert result.stderr.splitlines() == [
+        f"error: {shard} holds token id 60000 (its token 100), out of range for the model's vocab_size 50,304: the "
+        "shards come from another tokenizer than GPT-2's, or the vocab_size is below its 50,257 tokens"], result.stderr[-3000:]
+    assert "compile True" in result.stdout
+    assert max(logged(log_dir, "train")) == 4
+
+
 @pytest.mark.slow
 def test_under_torchrun_a_rank_that_fails_alone_says_why_and_rank_0_saves_the_state_before_the_step(
         data_root, tmp_path):
