@@ -33,7 +33,7 @@ import sys
 import numpy as np
 import torch
 
-from fineweb import LOCAL_DIR, MANIFEST, PREFIX
+from fineweb import LOCAL_DIR, MANIFEST, PREFIX, shard_name
 from gpt2_tokenizer import VOCAB_SIZE
 
 
@@ -60,7 +60,8 @@ def find_shards(data_root, split):
     if not names:
         # fineweb.py writes into its --local-dir, edu_fineweb10B/ unless told otherwise
         local_dir = "" if os.path.normpath(data_root) == LOCAL_DIR else f" --local-dir {shlex.quote(data_root)}"
-        raise DataError(f"no shards for split {split!r} in {data_root}/ (files like {PREFIX}_{split}_000000.npy): "
+        example = shard_name(PREFIX, 0 if split == "val" else 1)  # fineweb.py's shard 0 is val, train starts at 1
+        raise DataError(f"no shards for split {split!r} in {data_root}/ (files like {example}): "
                         f"make them with `python fineweb.py{local_dir}` (or `python fineweb.py --files ...{local_dir}` "
                         "for local text)")
     names.sort(key=lambda n: (int(pattern.fullmatch(n)[1]), n))  # by name, shard 1000000 would come before 100001

@@ -381,7 +381,9 @@ class ShardWriter:
         if self.docs_started == 0:
             raise FinewebError("the input has no documents")
         if self.text_tokens == 0 and not self.shards:
-            raise FinewebError(f"the input's {self.docs_started} documents are all empty")
+            n = self.docs_started
+            raise FinewebError("the input's one document is empty" if n == 1 else
+                               f"the input's {n:,} documents are all empty")
         if self.fill:
             self._commit()
         self.complete = True
@@ -665,19 +667,25 @@ def iter_texts(ds, text_column, paths=(), start=0):
 
 @contextlib.contextmanager
 def datasets_progress(shown):
-    """--quiet: no progress bars from datasets and the hub either. Both switches are process-wide, so they
-    are put back afterwards (demo.py and the tests go on in this process)."""
+    """--quiet: no progress bars from datasets and the hub either, nor the hub client's warnings as it retries
+    (offline, 11 lines over ~25 s before the error line that says what failed). These switches are
+    process-wide, so they are put back afterwards (demo.py and the tests go on in this process)."""
     import datasets
     import huggingface_hub.utils as hub
 
     turned_off = [lib for lib in (datasets.utils, hub) if not shown and not lib.are_progress_bars_disabled()]
     for lib in turned_off:
         lib.disable_progress_bars()
+    retries = logging.getLogger("huggingface_hub.utils._http")  # "Retrying in 8s", "... thrown while requesting"
+    level = retries.level
+    if not shown:
+        retries.setLevel(logging.ERROR)
     try:
         yield
     finally:
         for lib in turned_off:
             lib.enable_progress_bars()
+        retries.setLevel(level)
 
 
 # -----------------------------------------------------------------------------
@@ -834,7 +842,9 @@ def parse_args(argv=None):
                      help="tokenizer processes (default: all %(default)s cores; the parent only reads and writes)")
     run.add_argument("--start-method", choices=["fork", "spawn", "forkserver"], default=None,
                      help="multiprocessing start method (default: the platform's)")
-    run.add_argument("--quiet", action="store_true", help="no progress bars (ours, nor those of datasets and the hub)")
+    run.add_argument("--quiet", action="store_true",
+                     help="no progress bars (ours, nor those of datasets and the hub), nor the hub client's "
+                          "warnings as it retries")
     return parser.parse_args(argv)
 
 

@@ -94,6 +94,11 @@ def plot(path, out, references=True):
         out += ".png"
     if os.path.exists(out) and not os.path.isfile(out):  # a FIFO or a device: savefig said only "not seekable"
         raise ValueError(f"{out} is not a regular file: name a .png to write, or a folder for loss.png")
+    folder = os.path.dirname(out)
+    try:  # a folder that is not there yet is made, as for "-o plots/run2.png"
+        os.makedirs(folder or ".", exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot make the folder {folder} for {out} ({e.strerror})") from None
     fig.savefig(out, dpi=100)
     return out
 
@@ -102,7 +107,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("log", nargs="?", default="log/log.txt", help="a train_gpt2.py log.txt (default log/log.txt)")
     parser.add_argument("-o", "--out", default=None,
-                        help="the PNG to write, or a folder for loss.png (default: loss.png beside the log)")
+                        help="the PNG to write, or a folder for loss.png, made if missing "
+                             "(default: loss.png beside the log)")
     parser.add_argument("--no-references", action="store_true", help="leave out the cited reference lines")
     args = parser.parse_args(argv)
     out = args.out or os.path.join(os.path.dirname(args.log) or ".", "loss.png")

@@ -222,6 +222,20 @@ def test_plot_script_into_a_folder_writes_loss_png_there(tmp_path, form):
     assert out.stdout == f"wrote {folder / 'loss.png'}\n" and os.listdir(folder) == ["loss.png"]
 
 
+@pytest.mark.parametrize("out, written", [("new/", "new/loss.png"), ("new/deeper/run.png", "new/deeper/run.png")])
+def test_plot_script_makes_the_folder_it_is_told_to_write_into(tmp_path, out, written):
+    # it used to stop with a bare "[Errno 2] No such file or directory: '.../new/loss.png'"
+    result = subprocess.run([sys.executable, "plot_log.py", REAL_LOG, "-o", f"{tmp_path}/{out}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout) == (0, f"wrote {tmp_path / written}\n"), result.stderr
+    assert (tmp_path / written).read_bytes()[:8] == PNG_MAGIC
+    (tmp_path / "file").write_text("")
+    result = subprocess.run([sys.executable, "plot_log.py", REAL_LOG, "-o", str(tmp_path / "file" / "x.png")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr) == (1, f"error: cannot make the folder {tmp_path / 'file'} for "
+                                                     f"{tmp_path / 'file' / 'x.png'} (File exists)\n")
+
+
 def test_notes_added_to_a_log_by_hand_are_skipped_whatever_bytes_they_hold(tmp_path):
     # a resume keeps them (train_gpt2.RunLog), so the plot must read past them
     import plot_log

@@ -738,6 +738,26 @@ def test_unreachable_or_unknown_dataset_fails_with_a_hint_to_use_local_files(tmp
     assert_clean_failure(err, str(tmp_path / "out"), "there is no folder")
 
 
+@pytest.mark.parametrize("quiet", [False, True])
+def test_quiet_silences_the_hub_clients_retry_warnings_and_puts_them_back(caplog, quiet):
+    # offline, a --dataset from the hub printed 11 of these over ~25 s before fineweb's own error line. The hub
+    # client's real retry loop, with short waits, against a port where nothing listens (on any machine)
+    import logging
+    from huggingface_hub.utils import http_backoff
+    logger = logging.getLogger("huggingface_hub.utils._http")
+    level = logger.level
+    caplog.set_level(logging.WARNING)
+    with fineweb.datasets_progress(shown=not quiet), pytest.raises(Exception):
+        http_backoff("HEAD", "http://127.0.0.1:9/datasets/HuggingFaceFW/fineweb-edu/resolve/main/README.md",
+                     max_retries=1, base_wait_time=0.01, max_wait_time=0.01)
+    hub = [r.getMessage() for r in caplog.records if r.name.startswith("huggingface_hub")]
+    if quiet:
+        assert hub == []
+    else:  # fails, says it retries, fails again
+        assert len(hub) == 3 and "Retrying in 0.01s [Retry 1/1]." in hub, hub
+    assert logger.level == level
+
+
 def test_missing_text_column_names_the_columns_that_exist(tmp_path, capsys):
     files = write_input(tmp_path / "in", "jsonl", column="content")
     err = fail_inprocess(["--files", *files, "--local-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "hf")],
@@ -763,7 +783,7 @@ def test_empty_input_fails_without_writing_anything(tmp_path, capsys, case):
         files, needle = [str(tmp_path / "in" / "docs.jsonl")], "no documents"
     elif case == "empty txt":
         (tmp_path / "in" / "a.txt").write_text("")
-        files, needle = [str(tmp_path / "in" / "a.txt")], "all empty"
+        files, needle = [str(tmp_path / "in" / "a.txt")], "error: the input's one document is empty"
     else:
         files, needle = [str(tmp_path / "in" / "*.parquet")], "no file matches"
     err = fail_inprocess(["--files", *files, "--local-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "hf")],

@@ -82,7 +82,8 @@ def padded_export(tmp_path_factory):
 def test_export_cuts_padded_vocab_to_50257_with_same_logits(padded_export):
     model, folder = padded_export
     assert GPT2LMHeadModel.from_pretrained(folder).config.vocab_size == 50257
-    assert {"config.json", "model.safetensors", "vocab.json", "merges.txt"} <= set(os.listdir(folder))
+    assert sorted(os.listdir(folder)) == ["config.json", "generation_config.json", "merges.txt", "model.safetensors",
+                                          "tokenizer_config.json", "vocab.json"]  # as README lists them
     from transformers import AutoTokenizer
     assert AutoTokenizer.from_pretrained(folder).model_max_length == 64  # the model's block size, not GPT-2's 1024
     idx = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(2))

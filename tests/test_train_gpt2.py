@@ -716,7 +716,8 @@ def test_a_log_txt_that_is_a_folder_is_named(data_root, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case, expected", [
-    ("missing", r"no shards for split 'train' in .*/data/ .*: make them with `python fineweb.py --local-dir .*/data`"),
+    ("missing", r"no shards for split 'train' in .*/data/ \(files like edufineweb_train_000001.npy\): make them with "
+                r"`python fineweb.py --local-dir .*/data`"),
     ("empty", r"no shards for split 'train' in .*/data/ .*: make them with `python fineweb.py --local-dir .*/data`"),
     ("no val shard", r"no shards for split 'val' in .*/data/ \(files like edufineweb_val_000000.npy\)"),
     ("int32 shard", r"edufineweb_train_000001.npy is not a 1-D uint16 token array: dtype int32, shape \(\d+,\)$"),
