@@ -178,6 +178,11 @@ DEFAULT_CONFIGS = {
     "cpu": ["baseline", "fp32", "compile", "fp32-compile", "chunked-ce", "fused-adamw", "threads1", "cpu-best",
             "cpu-best-1thread"],
 }
+# the model on a CPU when no size is asked for: the shape of README's CPU figures. GPT-2 small at the GPU
+# default (B=64, T=1024): its bf16 worker held 21 GB on this repo's 2-core CPU when it was stopped (2026-12-02)
+CPU_SHAPE = dict(n_layer=4, n_head=4, n_embd=256, batch_size=8, seq_len=256)
+GPU_SHAPE = dict(model="gpt2", batch_size=64, seq_len=1024)
+SIZE_FLAGS = ("model", "n_layer", "n_head", "n_embd", "batch_size", "seq_len")
 
 # dense bf16 tensor-core peak per GPU (NVIDIA data sheets; H100 SXM = "NVIDIA H100 80GB HBM3"); the first name
 # found as a whole word wins (not "A100" in "RTX A1000"); None: a variant whose peak we have not checked (pass
@@ -586,13 +591,16 @@ def parse_args(argv=None):
                         f"Default on CUDA: {','.join(DEFAULT_CONFIGS['cuda'])}; elsewhere: {','.join(DEFAULT_CONFIGS['cpu'])}")
     p.add_argument("--list", action="store_true", help="print the presets and their predictions, and exit")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--model", default="gpt2", choices=list(MODEL_SIZES))
+    p.add_argument("--model", default=None, choices=list(MODEL_SIZES),
+                   help="default gpt2; a CPU given none of the size flags measures n_layer 4, n_head 4, n_embd 256, "
+                        "B=8, T=256 instead")
     p.add_argument("--n-layer", type=int, default=None, help="override the blocks of --model")
     p.add_argument("--n-head", type=int, default=None, help="override the attention heads of --model")
     p.add_argument("--n-embd", type=int, default=None, help="override the width of --model")
     p.add_argument("--vocab-size", type=int, default=50304, help="50304: GPT-2's 50257 padded, as train_gpt2.py")
-    p.add_argument("--batch-size", "-B", type=int, default=64, help="micro-batch size (a preset may change it)")
-    p.add_argument("--seq-len", "-T", type=int, default=1024)
+    p.add_argument("--batch-size", "-B", type=int, default=None,
+                   help="micro-batch size (a preset may change it); default 64, on a CPU see --model")
+    p.add_argument("--seq-len", "-T", type=int, default=None, help="default 1024, on a CPU see --model")
     p.add_argument("--total-batch-size", type=int, default=None,
                    help="tokens per optimizer step, reached by gradient accumulation (rounded to whole "
                         "micro-batches); default: one micro-batch. Training uses 524288")
@@ -635,6 +643,7 @@ def main(argv=None):
     device_type = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device_type == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda was asked for but torch sees no CUDA GPU (use --device cpu)")
+    fill_in_shape(args, device_type)
     names = args.configs.split(",") if args.configs else list(DEFAULT_CONFIGS[device_type])
     names = [n.strip() for n in names if n.strip()]
     unknown = [n for n in names if n not in PRESETS]
@@ -786,6 +795,19 @@ def record_config(name, runs, rows, args, device_type, run_id, overrides):
         print(f"  [{name}] cannot append to {args.results} ({e.strerror or e}); its JSON line:\n{line}", flush=True)
         row["appended"] = False
     return row
+
+
+def fill_in_shape(args, device_type):
+    """The size flags not given: GPT-2 small at B=64, T=1024, but on a CPU given none of them, CPU_SHAPE."""
+    if device_type == "cpu" and all(getattr(args, name) is None for name in SIZE_FLAGS):
+        print(f"no size asked for: on a CPU, n_layer {CPU_SHAPE['n_layer']}, n_head {CPU_SHAPE['n_head']}, n_embd "
+              f"{CPU_SHAPE['n_embd']}, B={CPU_SHAPE['batch_size']}, T={CPU_SHAPE['seq_len']} (--model gpt2 for GPT-2 "
+              "small at B=64, T=1024: over 20 GB of memory)", flush=True)
+        for name, value in CPU_SHAPE.items():
+            setattr(args, name, value)
+    for name, value in GPU_SHAPE.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def check_results_file(path):

@@ -117,6 +117,33 @@ def test_quick_cpu_run_prints_the_table_appends_json_lines_and_survives_a_failin
     assert all(r["prediction"] for r in by_config.values())
 
 
+def test_a_cpu_given_no_size_measures_the_small_cpu_shape_not_gpt2_small(tmp_path):
+    # GPT-2 small at B=64, T=1024, the GPU default, held 21 GB of a CPU's memory before a step ended
+    results = tmp_path / "r.jsonl"
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "--device", "cpu", "--vocab-size", "512",
+                          "--steps", "1", "--warmup", "1", "--configs", "baseline", "--results", str(results)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == ("no size asked for: on a CPU, n_layer 4, n_head 4, n_embd 256, B=8, T=256 "
+                                          "(--model gpt2 for GPT-2 small at B=64, T=1024: over 20 GB of memory)")
+    assert table_rows(out.stdout)["baseline"][1:3] == ["8", "256"]
+    record = json.loads(results.read_text())
+    assert (record["model"], record["model_overrides"], record["T"]) == (
+        "gpt2", {"n_layer": 4, "n_head": 4, "n_embd": 256}, 256)
+    assert record["non_embedding_params"] == 4 * (12 * 256 * 256 + 13 * 256) + 2 * 256 + 512 * 256
+
+    def shape(device, *flags):
+        args = bench.parse_args(list(flags))
+        bench.fill_in_shape(args, device)
+        return args.model, args.n_layer, args.n_head, args.n_embd, args.batch_size, args.seq_len
+
+    assert shape("cpu") == ("gpt2", 4, 4, 256, 8, 256)
+    # any size flag: the rest are GPT-2 small's defaults, as on a GPU
+    assert shape("cpu", "-B", "2") == ("gpt2", None, None, None, 2, 1024)
+    assert shape("cpu", "--model", "gpt2") == shape("cuda") == ("gpt2", None, None, None, 64, 1024)
+    assert shape("cuda", "--n-layer", "2", "-T", "64") == ("gpt2", 2, None, None, 64, 64)
+
+
 TINY = ["--device", "cpu", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--vocab-size", "512", "-B", "2",
         "-T", "32", "--steps", "2", "--warmup", "1"]
 
