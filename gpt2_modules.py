@@ -424,7 +424,7 @@ def default_dtype(device_type, dtype="auto"):
 
 
 def cpu_has_bf16():
-    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}  # torch >= 2.9
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}  # torch >= 2.11
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
