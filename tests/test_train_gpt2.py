@@ -602,10 +602,7 @@ def test_torch_in_a_folder_with_a_space_trains_eagerly_by_default_and_says_why_c
     assert re.search(r"\| compile False \|", result.stdout), result.stdout[:2000]
     result = run_script(tiny(data_root, tmp_path / "asked", "--max-steps", "1", "--device", "cpu", "--compile"),
                         env=env)
-    # a CUDA build of torch on a machine without a GPU logs "No CUDA runtime is found, using CUDA_HOME=..." from
-    # torch.utils.cpp_extension, which inductor imports to compile: torch's line, not ours
-    result.stderr = "".join(line for line in result.stderr.splitlines(keepends=True)
-                            if not re.match(r"W\d{4} .*\] No CUDA runtime is found", line))
+    result.stderr = without_cuda_build_warning(result.stderr)
     line = assert_one_error_line(result)
     assert "torch.compile failed" in line and f"holds a space: {site / 'site-packages'}" in line, line
 
@@ -629,6 +626,13 @@ def test_default_dtype_and_compile(monkeypatch, device, bf16, cxx, flags, expect
 
 # -----------------------------------------------------------------------------
 # bad input: one line `error: ...` on stderr, exit status != 0, no traceback
+
+
+def without_cuda_build_warning(stderr):
+    """stderr less the line a CUDA build of torch logs on a machine without a GPU when inductor compiles for the
+    CPU ("No CUDA runtime is found, using CUDA_HOME=...", from torch.utils.cpp_extension): torch's, not ours."""
+    return "".join(line for line in stderr.splitlines(keepends=True)
+                   if not re.match(r"W\d{4} .*\] No CUDA runtime is found", line))
 
 
 def assert_one_error_line(result):
