@@ -118,7 +118,7 @@ def test_quick_cpu_run_prints_the_table_appends_json_lines_and_survives_a_failin
 
 
 def test_a_cpu_given_no_size_measures_the_small_cpu_shape_not_gpt2_small(tmp_path):
-    # GPT-2 small at B=64, T=1024, the GPU default, held 21 GB of a CPU's memory before a step ended
+    # GPT-2 small at B=64, T=1024, the GPU default: its worker held 21 GB of this CPU's memory when it was stopped
     results = tmp_path / "r.jsonl"
     out = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "--device", "cpu", "--vocab-size", "512",
                           "--steps", "1", "--warmup", "1", "--configs", "baseline", "--results", str(results)],

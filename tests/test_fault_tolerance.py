@@ -280,6 +280,7 @@ def test_a_step_that_fails_before_its_update_is_saved_and_the_resumed_run_matche
     assert_same_run(log_dir, tmp_path / "whole")
 
 
+@pytest.mark.slow
 def test_a_token_id_beyond_the_vocabulary_mid_run_is_an_error_line_naming_the_shard_not_an_abort(
         data_root, tmp_path):
     # shards of another tokenizer (uint16 holds ids up to 65,535). Compiled on a CPU, an inductor kernel's
@@ -299,7 +300,8 @@ def test_a_token_id_beyond_the_vocabulary_mid_run_is_an_error_line_naming_the_sh
         "then continue with --resume auto")
     assert without_cuda_build_warning(result.stderr).splitlines() == [
         f"error: {shard} holds token id 60000 (its token 100), out of range for the model's vocab_size 50,304: the "
-        "shards come from another tokenizer than GPT-2's, or the vocab_size is below its 50,257 tokens"], result.stderr[-3000:]
+        "shards come from another tokenizer than GPT-2's, or the vocab_size is below its 50,257 tokens"], \
+        result.stderr[-3000:]
     assert "compile True" in result.stdout
     assert max(logged(log_dir, "train")) == 4
 
