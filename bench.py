@@ -181,7 +181,8 @@ DEFAULT_CONFIGS = {
 # the model on a CPU when no size is asked for: the shape of README's CPU figures. GPT-2 small at the GPU
 # default (B=64, T=1024): its bf16 worker held 21 GB on this repo's 2-core CPU when it was stopped (2026-12-02)
 CPU_SHAPE = dict(n_layer=4, n_head=4, n_embd=256, batch_size=8, seq_len=256)
-GPU_SHAPE = dict(model="gpt2", batch_size=64, seq_len=1024)
+# the lecture's: what every size flag not given defaults to, on a CPU too once any of them is given
+DEFAULT_SHAPE = dict(model="gpt2", batch_size=64, seq_len=1024)
 SIZE_FLAGS = ("model", "n_layer", "n_head", "n_embd", "batch_size", "seq_len")
 
 # dense bf16 tensor-core peak per GPU (NVIDIA data sheets; H100 SXM = "NVIDIA H100 80GB HBM3"); the first name
@@ -798,14 +799,15 @@ def record_config(name, runs, rows, args, device_type, run_id, overrides):
 
 
 def fill_in_shape(args, device_type):
-    """The size flags not given: GPT-2 small at B=64, T=1024, but on a CPU given none of them, CPU_SHAPE."""
+    """The size flags not given: DEFAULT_SHAPE's, but on a CPU given none of them, CPU_SHAPE."""
     if device_type == "cpu" and all(getattr(args, name) is None for name in SIZE_FLAGS):
         print(f"no size asked for: on a CPU, n_layer {CPU_SHAPE['n_layer']}, n_head {CPU_SHAPE['n_head']}, n_embd "
               f"{CPU_SHAPE['n_embd']}, B={CPU_SHAPE['batch_size']}, T={CPU_SHAPE['seq_len']} (--model gpt2 for GPT-2 "
-              "small at B=64, T=1024: over 20 GB of memory)", flush=True)
+              f"small at B={DEFAULT_SHAPE['batch_size']}, T={DEFAULT_SHAPE['seq_len']}: over 20 GB of memory)",
+              flush=True)
         for name, value in CPU_SHAPE.items():
             setattr(args, name, value)
-    for name, value in GPU_SHAPE.items():
+    for name, value in DEFAULT_SHAPE.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
 
