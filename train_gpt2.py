@@ -52,6 +52,8 @@ MAX_LR = 6e-4            # GPT-3 small's peak
 MIN_LR_FRACTION = 0.1    # GPT-3 decays to 10% of the peak, whatever the peak
 WARMUP_STEPS = 715       # 375M tokens of warmup, as GPT-3, at 2**19 tokens a step
 MAX_STEPS = 19073        # 19,073 x 2**19 tokens = 10B tokens: one epoch of FineWeb-Edu sample-10BT
+BATCH_SIZE = 64          # B, sequences per micro-batch and GPU: what fits an 80 GB A100 (the lecture's)
+SEQ_LEN = 1024           # T, GPT-2's context
 
 
 def get_lr(step, max_lr=MAX_LR, min_lr=None, warmup_steps=WARMUP_STEPS, max_steps=MAX_STEPS):
@@ -131,8 +133,8 @@ def parse_args(argv=None):
                    help="50304 = 50257 padded to a multiple of 128: 'nice numbers' make the matmuls faster "
                         "(the extra 47 tokens never occur, their logits are driven to -inf)")
     g = p.add_argument_group("optimisation (defaults: the lecture's GPT-3-small recipe)")
-    g.add_argument("--batch-size", "-B", type=int, default=64, help="micro-batch size per process")
-    g.add_argument("--seq-len", "-T", type=int, default=1024, help="tokens per sequence")
+    g.add_argument("--batch-size", "-B", type=int, default=BATCH_SIZE, help="micro-batch size per process")
+    g.add_argument("--seq-len", "-T", type=int, default=SEQ_LEN, help="tokens per sequence")
     g.add_argument("--total-batch-size", type=int, default=524288,
                    help="tokens per optimizer step: 2**19 ~ 0.5M, GPT-3 small's batch; reached by gradient accumulation")
     g.add_argument("--max-lr", type=float, default=MAX_LR, help="peak learning rate (GPT-3 small)")
@@ -872,6 +874,12 @@ def train(args, preemption, lock):
     grad_accum_steps = args.total_batch_size // (B * T * world_size)
     print0(f"total desired batch size: {args.total_batch_size}")
     print0(f"=> calculated gradient accumulation steps: {grad_accum_steps}")
+    if device_type == "cpu" and (B, T) == (BATCH_SIZE, SEQ_LEN):
+        # said before the long silence: GPT-2 124M, `python train_gpt2.py --no-hellaswag`, 2026-12-02
+        print0(f"note: B={B}, T={T} is a GPU's micro-batch ({grad_accum_steps} a step here), slow on a CPU: on "
+               "this repo's 2-core CPU, GPT-2 124M had not finished its first validation (20 of them) 15 minutes "
+               "after starting. For a CPU-sized run, `python demo.py` prints a train_gpt2.py command to copy; or "
+               "give smaller sizes (--batch-size, --seq-len, --total-batch-size, --n-layer, --n-embd)")
 
     train_loader = DataLoaderLite(B, T, rank, world_size, "train", data_root=args.data_root, device=device,
                                   verbose=master)

@@ -754,6 +754,23 @@ def test_bad_data_folders_stop_with_one_error_line(data_root, tmp_path, capsys, 
     assert not os.path.exists(tmp_path / "log")  # stopped before the run began
 
 
+@pytest.mark.parametrize("sizes, noted", [([], True), (["-B", "8"], False), (["-T", "256"], False)])
+def test_a_cpu_run_at_a_gpus_micro_batch_says_so_before_the_long_wait(tmp_path, capsys, sizes, noted):
+    # GPT-2 124M at B=64, T=1024 on this repo's 2-core CPU had not finished its first validation 15 minutes
+    # after starting, in silence; the note comes before the shards are even looked for
+    with pytest.raises(SystemExit):
+        train_gpt2.main(["--device", "cpu", "--no-hellaswag", "--data-root", str(tmp_path / "none"),
+                         "--log-dir", str(tmp_path / "log"), *sizes])
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if line.startswith("note: ")]
+    if noted:
+        assert len(notes) == 1 and notes[0].startswith("note: B=64, T=1024 is a GPU's micro-batch (8 a step here), "
+                                                       "slow on a CPU: "), out
+        assert "`python demo.py` prints a train_gpt2.py command to copy" in notes[0]
+    else:
+        assert notes == [], out
+
+
 def test_hellaswag_examples_too_long_for_the_model_stop_the_run_at_start_up(data_root, tmp_path, capsys):
     # found when the examples are rendered, before the first step, not at the first evaluation
     path = tmp_path / "hellaswag_val.jsonl"
