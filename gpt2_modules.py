@@ -40,6 +40,11 @@ MODEL_SIZES = {
 }
 
 
+# what train_gpt2.py trains with: 50,257 padded to 393 x 128. GPU kernels like dimensions with many factors
+# of 2 (the lecture's "nice numbers"); the 47 extra tokens never occur, so their logits are driven to -inf
+PADDED_VOCAB_SIZE = 50304
+
+
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # max sequence length: GPT-2's context window

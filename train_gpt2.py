@@ -40,10 +40,20 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dataloaderlite import DataLoaderLite
 from fineweb import LOCAL_DIR, flock_folder, fsync_dir
-from gpt2_modules import (ADAMW_BETAS, AUTOCAST, GPT, MODEL_SIZES, NUM_SAMPLES, PROMPT, SAMPLE_LENGTH, SAMPLE_SEED,
-                          GPTConfig, HelpFormatter, check_seed, default_dtype, first_line, generate, is_out_of_memory,
-                          load_checkpoint, resolve_device)
+from gpt2_modules import (ADAMW_BETAS, AUTOCAST, GPT, MODEL_SIZES, NUM_SAMPLES, PADDED_VOCAB_SIZE, PROMPT,
+                          SAMPLE_LENGTH, SAMPLE_SEED, GPTConfig, HelpFormatter, check_seed, default_dtype, first_line,
+                          generate, is_out_of_memory, load_checkpoint, resolve_device)
 from gpt2_tokenizer import TokenizerUnavailable, get_encoding
+
+# -----------------------------------------------------------------------------
+# the lecture's batch and optimisation recipe (GPT-3 small's, appendix B, where the paper gives one); each is
+# the default of its flag
+
+TOTAL_BATCH_SIZE = 2**19  # 524,288 tokens per optimizer step, ~0.5M as GPT-3 small; by gradient accumulation
+BATCH_SIZE = 64           # B, sequences per micro-batch and GPU: what fits an 80 GB A100 (the lecture's)
+SEQ_LEN = 1024            # T, GPT-2's context
+WEIGHT_DECAY = 0.1        # AdamW's decoupled weight decay, on the >= 2-D tensors only
+GRAD_CLIP = 1.0           # the global gradient norm is clipped to this
 
 # -----------------------------------------------------------------------------
 # the learning-rate schedule: linear warmup, then cosine decay to 10% (GPT-3 paper, appendix B)
@@ -52,8 +62,6 @@ MAX_LR = 6e-4            # GPT-3 small's peak
 MIN_LR_FRACTION = 0.1    # GPT-3 decays to 10% of the peak, whatever the peak
 WARMUP_STEPS = 715       # 375M tokens of warmup, as GPT-3, at 2**19 tokens a step
 MAX_STEPS = 19073        # 19,073 x 2**19 tokens = 10B tokens: one epoch of FineWeb-Edu sample-10BT
-BATCH_SIZE = 64          # B, sequences per micro-batch and GPU: what fits an 80 GB A100 (the lecture's)
-SEQ_LEN = 1024           # T, GPT-2's context
 
 
 def get_lr(step, max_lr=MAX_LR, min_lr=None, warmup_steps=WARMUP_STEPS, max_steps=MAX_STEPS):
@@ -129,22 +137,22 @@ def parse_args(argv=None):
     for name, what in (("n-layer", "blocks"), ("n-head", "attention heads"), ("n-embd", "model width"),
                        ("block-size", "context length")):
         g.add_argument(f"--{name}", type=int, default=None, help=f"override the {what} of --model")
-    g.add_argument("--vocab-size", type=int, default=50304,
+    g.add_argument("--vocab-size", type=int, default=PADDED_VOCAB_SIZE,
                    help="50304 = 50257 padded to a multiple of 128: 'nice numbers' make the matmuls faster "
                         "(the extra 47 tokens never occur, their logits are driven to -inf)")
     g = p.add_argument_group("optimisation (defaults: the lecture's GPT-3-small recipe)")
     g.add_argument("--batch-size", "-B", type=int, default=BATCH_SIZE, help="micro-batch size per process")
     g.add_argument("--seq-len", "-T", type=int, default=SEQ_LEN, help="tokens per sequence")
-    g.add_argument("--total-batch-size", type=int, default=524288,
+    g.add_argument("--total-batch-size", type=int, default=TOTAL_BATCH_SIZE,
                    help="tokens per optimizer step: 2**19 ~ 0.5M, GPT-3 small's batch; reached by gradient accumulation")
     g.add_argument("--max-lr", type=float, default=MAX_LR, help="peak learning rate (GPT-3 small)")
     g.add_argument("--min-lr", type=float, default=None,
                    help="final learning rate (default: 10%% of --max-lr, as the lecture's max_lr * 0.1; 6e-5)")
     g.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS, help="375M tokens of linear warmup, as GPT-3")
     g.add_argument("--max-steps", type=int, default=MAX_STEPS, help="19,073 x 0.5M tokens = 10B tokens, one epoch")
-    g.add_argument("--weight-decay", type=float, default=0.1,
+    g.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY,
                    help="AdamW's decoupled weight decay, on the >= 2-D tensors (matmuls, embeddings) only")
-    g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
+    g.add_argument("--grad-clip", type=float, default=GRAD_CLIP, help="clip the global gradient norm to this")
     g = p.add_argument_group("evaluation, samples and checkpoints")
     g.add_argument("--eval-interval", type=int, default=250, help="validation (and HellaSwag) every N steps and on the last")
     g.add_argument("--val-steps", type=int, default=20, help="micro-batches per validation")

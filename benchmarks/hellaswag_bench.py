@@ -29,7 +29,8 @@ from torch.nn import functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hellaswag  # noqa: E402
 from bench import check_results_file  # noqa: E402
-from gpt2_modules import AUTOCAST, GPT, MODEL_SIZES, GPTConfig, autocast, default_dtype, resolve_device  # noqa: E402
+from gpt2_modules import (AUTOCAST, GPT, MODEL_SIZES, PADDED_VOCAB_SIZE, GPTConfig, autocast, default_dtype,  # noqa: E402
+                          resolve_device)
 from gpt2_tokenizer import TokenizerUnavailable  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.jsonl")
@@ -61,7 +62,8 @@ def main(argv=None):
     parser.add_argument("--n-layer", type=int, default=None, help="override the size's layer count")
     parser.add_argument("--n-head", type=int, default=None, help="override the size's head count")
     parser.add_argument("--n-embd", type=int, default=None, help="override the size's width")
-    parser.add_argument("--vocab-size", type=int, default=50304, help="50304: the training default (padded)")
+    parser.add_argument("--vocab-size", type=int, default=PADDED_VOCAB_SIZE,
+                        help=f"{PADDED_VOCAB_SIZE}: the training default (padded)")
     parser.add_argument("--init-from", default=None, help="score a real model instead (name, HF folder, .pt)")
     parser.add_argument("--limit", type=int, default=None, help="the first N examples (default: all)")
     parser.add_argument("--batch-size", default="16", help="examples per forward pass; a comma list runs each")
