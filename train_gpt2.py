@@ -243,6 +243,11 @@ def process_env():
     if not (world_size >= 1 and 0 <= rank < world_size and local_rank >= 0):
         raise ConfigError(f"RANK {rank}, LOCAL_RANK {local_rank} and WORLD_SIZE {world_size} do not fit together "
                           "(0 <= RANK < WORLD_SIZE): torchrun sets them; unset them to run one process")
+    missing = [key for key in ("MASTER_ADDR", "MASTER_PORT") if world_size > 1 and not os.environ.get(key)]
+    if missing:  # else torch's "environment variable MASTER_ADDR expected", which does not say why it was asked
+        verb = "is" if len(missing) == 1 else "are"
+        raise ConfigError(f"WORLD_SIZE is {world_size} but {' and '.join(missing)} {verb} not set: torchrun sets "
+                          "them all; unset WORLD_SIZE and RANK to run one process")
     return rank, local_rank, world_size
 
 
@@ -254,6 +259,12 @@ def setup_distributed(device_arg):
     if device_arg == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1:
+        if rank == 0 and "TORCHELASTIC_RUN_ID" not in os.environ:
+            # not started by torchrun (which starts every process): a WORLD_SIZE left over in the shell would
+            # otherwise wait here for processes that never come, in silence
+            print(f"waiting for the other {world_size - 1} process(es) of WORLD_SIZE={world_size} at "
+                  f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} (WORLD_SIZE is set without torchrun: "
+                  "unset it and RANK to run one process)", flush=True)
         # the rendezvous waits in C++ for every process (one that never comes: until its timeout, 30 min),
         # where no Python signal handler runs: there Ctrl-C and SIGTERM end this process as they end any
         with default_signal_handling():

@@ -417,8 +417,11 @@ def test_a_signal_ends_a_rendezvous_that_waits_for_a_process_that_never_comes(da
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.communicate()
+        out, _ = proc.communicate()
     assert proc.returncode == -sig
+    # and the wait was not silent: a WORLD_SIZE left in the shell would look like a hang
+    assert out.splitlines() == [f"waiting for the other 1 process(es) of WORLD_SIZE=2 at 127.0.0.1:{port} (WORLD_SIZE "
+                                "is set without torchrun: unset it and RANK to run one process)"], out
 
 
 def test_the_log_dir_lock_is_held_until_released(tmp_path):
