@@ -217,6 +217,12 @@ def check_args(args, world_size):
     check_seed(args.seed)
     if not args.weight_decay >= 0:
         raise ConfigError(f"--weight-decay must be 0 or more, got {args.weight_decay}")
+    # AdamW's decay is decoupled: each step multiplies the weights by 1 - lr * weight_decay. At 1 or more that
+    # zeroes or flips them (inf: nan), and the run diverged with a hint about --max-lr instead
+    if not args.max_lr * args.weight_decay < 1:
+        raise ConfigError(f"--weight-decay {args.weight_decay:g} is too large for --max-lr {args.max_lr:g}: AdamW "
+                          "multiplies the weights by 1 - lr * weight_decay each step, which must stay above 0 (the "
+                          f"defaults: 1 - {MAX_LR:g} * {WEIGHT_DECAY:g})")
     span = args.batch_size * args.seq_len * world_size
     if args.total_batch_size % span:
         lo = args.total_batch_size // span * span

@@ -341,19 +341,20 @@ def test_a_diverged_run_saves_nothing_and_names_the_newest_checkpoint_before_it(
     args = tiny(data_root, tmp_path, "--max-steps", "6", "--checkpoint-interval", "2", "--eval-interval", "100",
                 "--device", "cpu")
     run_ok([*args, "--stop-after", "2"])
-    line = assert_one_error_line(run_main_in_process([*args, "--resume", "auto", "--max-lr", "1e30"], capsys))
+    diverge = ["--max-lr", "1e30", "--weight-decay", "0"]  # at once; no decay: check_args refuses any at that lr
+    line = assert_one_error_line(run_main_in_process([*args, "--resume", "auto", *diverge], capsys))
     assert re.fullmatch(r"error: the (loss|gradient norm) became (nan|inf) at step [2-5]; stopping without a "
                         rf"checkpoint \(the newest before it is {tmp_path / 'model_00002.pt'}; {AGAIN}\)", line), line
     assert [s for s, _ in train_gpt2.list_checkpoints(str(tmp_path))] == [2]
     # validated at every step, the weights' nans show first in the validation loss, before the step's update:
     # the state "before the failed step" is then nans too, and must not be saved as one
-    line = assert_one_error_line(run_main_in_process([*args, "--resume", "auto", "--max-lr", "1e30",
+    line = assert_one_error_line(run_main_in_process([*args, "--resume", "auto", *diverge,
                                                       "--eval-interval", "1", "--val-steps", "1"], capsys))
     assert re.fullmatch(r"error: the validation loss became nan at step [3-5]; stopping without a checkpoint "
                         rf"\(the newest before it is {tmp_path / 'model_00002.pt'}; {AGAIN}\)", line), line
     assert [s for s, _ in train_gpt2.list_checkpoints(str(tmp_path))] == [2]
     fresh = tiny(data_root, tmp_path / "fresh", "--max-steps", "6", "--eval-interval", "100", "--device", "cpu")
-    line = assert_one_error_line(run_main_in_process([*fresh, "--max-lr", "1e30"], capsys))
+    line = assert_one_error_line(run_main_in_process([*fresh, *diverge], capsys))
     assert line.endswith("stopping without a checkpoint (none was written before it; try a lower --max-lr)"), line
 
 

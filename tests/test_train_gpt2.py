@@ -679,6 +679,11 @@ def run_main_in_process(argv, capsys):
     (["--grad-clip", "0"], r"--grad-clip must be positive, got 0.0"),
     (["--grad-clip", "-1"], r"--grad-clip must be positive, got -1.0"),
     (["--weight-decay", "-5"], r"--weight-decay must be 0 or more, got -5.0"),
+    # the run diverged at step 1 and blamed --max-lr
+    (["--weight-decay", "inf"], r"^error: --weight-decay inf is too large for --max-lr 0.0006: AdamW multiplies the "
+                                r"weights by 1 - lr \* weight_decay each step, which must stay above 0 \(the "
+                                r"defaults: 1 - 0.0006 \* 0.1\)$"),
+    (["--weight-decay", "2000"], r"^error: --weight-decay 2000 is too large for --max-lr 0.0006"),
     (["--seed", str(2**64)], r"--seed must fit in 64 bits, got 18446744073709551616$"),
     (["--log-dir", __file__], r"^error: --log-dir .*test_train_gpt2.py is a file, not a folder$"),
     (["--resume", os.path.dirname(__file__)], r"^error: --resume .*tests is a folder: name a checkpoint file in it, or "
@@ -965,9 +970,9 @@ def test_resume_on_cuda_continues_the_run(data_root, tmp_path):
 
 def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(data_root, tmp_path):
     # Adam moves every weight by ~lr whatever the gradient: after step 0 at lr 3e29 the activations
-    # overflow float32, and step 1's loss is nan
-    result = run_script(tiny(data_root, tmp_path, "--max-lr", "1e30", "--max-steps", "6", "--val-steps", "1",
-                             "--checkpoint-interval", "1", "--device", "cpu"))
+    # overflow float32, and step 1's loss is nan (no weight decay: at that lr check_args refuses any)
+    result = run_script(tiny(data_root, tmp_path, "--max-lr", "1e30", "--weight-decay", "0", "--max-steps", "6",
+                             "--val-steps", "1", "--checkpoint-interval", "1", "--device", "cpu"))
     line = assert_one_error_line(result)
     assert re.search(r"the loss became (nan|inf|-inf) at step 1;", line), line
     assert "lower --max-lr" in line
@@ -979,7 +984,9 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(da
 def test_a_nan_gradient_norm_stops_the_run_before_its_weights_reach_a_checkpoint(data_root, tmp_path):
     # at lr 1e5 (here, 1e4 to 3e5), step 1's loss is finite but its gradient overflows to a nan norm: that
     # update writes nans into every weight, which a check of the loss alone would save as model_00002.pt
+    # (no weight decay: at that lr, 0.1 would zero the weights, which check_args refuses)
     result = run_script(tiny(data_root, tmp_path, "--max-lr", "1e5", "--min-lr", "0", "--warmup-steps", "2",
+                             "--weight-decay", "0",
                              "--max-steps", "6", "--val-steps", "1", "--checkpoint-interval", "1", "--device", "cpu"))
     line = assert_one_error_line(result)
     assert re.search(r"the gradient norm became nan at step 1;", line), line
