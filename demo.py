@@ -25,6 +25,8 @@ import sys
 import tarfile
 import tempfile
 
+import torch
+
 import fineweb
 import gpt2_tokenizer
 import plot_log
@@ -83,10 +85,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps of 4,096 tokens (default 100)")
     parser.add_argument("--corpus", choices=["bible", "pydoc"], default="bible")
-    parser.add_argument("--data-dir", default=None, help="where the shards go (default: demo_data/CORPUS)")
+    parser.add_argument("--data-dir", default=None, help="where the shards go (default: demo_data/kjv, with --corpus pydoc demo_data/pydoc)")
     parser.add_argument("--log-dir", default=DEMO_LOG,
                         help=f"log.txt, the checkpoint and loss.png go here (default: {DEMO_LOG}, which each demo "
-                             "run starts afresh; another folder must not hold another run's checkpoints)")
+                             "run starts afresh unless a run trained on there with --resume; another folder must "
+                             "not hold another run's checkpoints)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="passed on to train_gpt2.py (default: its choice, on where this CPU has bf16 and "
                              "torch.compile can build its kernels)")
@@ -100,6 +103,13 @@ def main(argv=None):
     if os.path.abspath(args.log_dir) != os.path.abspath(DEMO_LOG) and train_gpt2.list_checkpoints(args.log_dir):
         sys.exit(f"error: --log-dir {args.log_dir} holds another run's checkpoints: give the demo an empty folder "
                  f"(its default, {DEMO_LOG}, starts afresh each time)")
+    if os.path.abspath(args.log_dir) == os.path.abspath(DEMO_LOG):
+        # the command the demo prints trains on in demo_log/: the next demo's fresh start would delete that run
+        kept = [path for _, path in train_gpt2.list_checkpoints(args.log_dir) if trained_on(path)]
+        if kept:
+            sys.exit(f"error: {DEMO_LOG} holds a run trained on from a demo ({os.path.basename(kept[-1])}, written "
+                     f"with --resume): the demo starts {DEMO_LOG} afresh and would delete it; move {DEMO_LOG} "
+                     "away first, or give the demo another --log-dir")
     try:
         fineweb.check_local_dir(args.data_dir or "demo_data", flag="--data-dir")
         fineweb.check_local_dir(args.log_dir, flag="--log-dir")  # else train_gpt2.py finds out, after the shards
@@ -157,6 +167,15 @@ def main(argv=None):
     print(f"validation loss: {val[0]:.4f} at step {steps[0]} -> {val[-1]:.4f} at step {steps[-1]} "
           f"({val[0] - val[-1]:.2f} nats lower)")
     print(f"to train on from its last checkpoint: {resume_command(flags, 2 * args.steps)}")
+
+
+def trained_on(path):
+    """Whether a checkpoint comes from a run continued with --resume, as the demo's own (--resume none) never is."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["args"]
+    except Exception:  # unreadable (torn, not a checkpoint): nothing there to keep
+        return False
+    return saved.get("resume", "none") != "none"
 
 
 def train_command(flags):

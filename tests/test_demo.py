@@ -125,6 +125,32 @@ def test_demo_leaves_the_checkpoints_in_a_folder_of_the_users_alone(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def test_the_demo_keeps_a_run_trained_on_from_it_in_demo_log(tmp_path):
+    # the command the demo prints trains on in demo_log/ with --resume auto; the next demo deleted every
+    # checkpoint there to start afresh, that run's too. Its own (--resume none) it still removes
+    import argparse
+
+    import torch
+
+    from gpt2_modules import GPT, GPTConfig
+    model = GPT(GPTConfig(block_size=8, vocab_size=64, n_layer=1, n_head=1, n_embd=8))
+    optimizer = torch.optim.AdamW(model.parameters())
+    log = tmp_path / "demo_log"
+    log.mkdir()
+    for step, resume in ((100, "none"), (200, "auto")):
+        train_gpt2.save_checkpoint(str(log / f"model_{step:05d}.pt"), model, optimizer, step, {},
+                                   argparse.Namespace(resume=resume))
+    before = sorted(os.listdir(log))
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "demo.py"), "--corpus", "pydoc", "--steps", "1",
+                          "--data-dir", str(tmp_path / "data")], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert (out.returncode, out.stdout) == (1, "")
+    assert out.stderr == ("error: demo_log holds a run trained on from a demo (model_00200.pt, written with --resume): "
+                          "the demo starts demo_log afresh and would delete it; move demo_log away first, or give "
+                          "the demo another --log-dir\n")
+    assert sorted(os.listdir(log)) == before and not (tmp_path / "data").exists()
+
+
 @pytest.mark.parametrize("flag, value, expected", [
     ("--data-dir", "a_file", "error: --data-dir {tmp}/a_file: {tmp}/a_file is a file, not a folder\n"),
     ("--log-dir", "", "error: --log-dir is empty (an unset variable?): name a folder\n"),
