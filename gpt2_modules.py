@@ -193,7 +193,10 @@ class GPT(nn.Module):
         if name_or_dir not in MODEL_SIZES and not os.path.isdir(name_or_dir):
             raise ValueError(f"unknown pretrained model {name_or_dir!r}: expected one of "
                              f"{', '.join(MODEL_SIZES)} or a folder written by save_pretrained")
-        from transformers import GPT2LMHeadModel  # after the check: a typo should not wait on this import
+        if name_or_dir not in MODEL_SIZES and not os.path.isfile(os.path.join(name_or_dir, "config.json")):
+            # transformers would build a default GPT-2 and report every weight of another size, then fail
+            raise ValueError(f"{name_or_dir} is not a folder written by save_pretrained: it has no config.json")
+        from transformers import GPT2LMHeadModel  # after the checks: a typo should not wait on this import
         # without a network the hub client retries for ~30 s, logging a "Retrying in 8s" and a "... thrown while
         # requesting" line each time: the error line below says it all
         hub_logs = [logging.getLogger(name) for name in ("huggingface_hub.utils._http", "huggingface_hub.hf_api")]
@@ -203,6 +206,9 @@ class GPT(nn.Module):
         try:
             hf, info = GPT2LMHeadModel.from_pretrained(name_or_dir, output_loading_info=True)
         except OSError as e:  # transformers reports an unreachable hub or a broken folder as OSError
+            if os.path.isdir(name_or_dir):  # a local folder: no hub was asked, so no hint about being offline
+                raise ValueError(f"could not load {name_or_dir!r} with transformers ({first_line(e, type(e).__name__)})"
+                                 ": it is not a whole folder written by save_pretrained") from e
             quick = "" if os.environ.get("HF_HUB_OFFLINE") else " (and set HF_HUB_OFFLINE=1 to skip the retries)"
             raise ValueError(f"could not load {name_or_dir!r} with transformers ({first_line(e, type(e).__name__)}); "
                              f"offline, pass a local folder written by save_pretrained instead{quick}") from e
@@ -237,6 +243,13 @@ class GPT(nn.Module):
             return model
         if source.endswith((".pt", ".pth")):
             raise ValueError(f"{source}: no such checkpoint file")
+        if os.path.isdir(source) and not os.path.isfile(os.path.join(source, "config.json")):
+            # a training run's --log-dir, given for one of its checkpoints
+            checkpoints = sorted(name for name in os.listdir(source) if name.endswith(".pt"))
+            if checkpoints:
+                raise ValueError(f"{source} is a folder of training checkpoints, not one written by save_pretrained: "
+                                 f"pass a checkpoint file, such as its last by name, "
+                                 f"{os.path.join(source, checkpoints[-1])}")
         return cls.from_pretrained(source)
 
     # -------------------------------------------------------------------------

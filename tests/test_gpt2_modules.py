@@ -3,6 +3,7 @@ import dataclasses
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -365,6 +366,30 @@ def test_a_folder_with_its_weights_cut_short_is_an_error_line(tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])
     line = assert_one_error_line(run_cli("sample", "--model", str(tmp_path / "hf"), "--device", "cpu"))
     assert line.startswith(f"error: could not load '{tmp_path / 'hf'}' with transformers (")
+
+
+@pytest.mark.parametrize("missing", ["config.json", "model.safetensors"])
+def test_a_folder_that_is_not_save_pretrained_s_is_named_without_the_offline_hint(tmp_path, missing):
+    # a local folder asks no hub: "offline, pass a local folder written by save_pretrained instead" misled;
+    # without config.json transformers built a default GPT-2 and printed a 30-line report of mismatched weights
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=16)).save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / missing).unlink()
+    line = assert_one_error_line(run_cli("sample", "--model", str(tmp_path / "hf"), "--device", "cpu"))
+    if missing == "config.json":
+        assert line == f"error: {tmp_path / 'hf'} is not a folder written by save_pretrained: it has no config.json"
+    else:
+        assert line.startswith(f"error: could not load '{tmp_path / 'hf'}' with transformers (")
+        assert line.endswith("): it is not a whole folder written by save_pretrained"), line
+
+
+def test_a_training_log_folder_given_as_the_model_names_its_last_checkpoint(tmp_path, tiny_checkpoint):
+    _, path = tiny_checkpoint
+    for step in (2, 10):
+        shutil.copy(path, tmp_path / f"model_{step:05d}.pt")
+    (tmp_path / "log.txt").write_text("0 train 10.9\n")
+    line = assert_one_error_line(run_cli("sample", "--model", str(tmp_path), "--device", "cpu"))
+    assert line == (f"error: {tmp_path} is a folder of training checkpoints, not one written by save_pretrained: "
+                    f"pass a checkpoint file, such as its last by name, {tmp_path / 'model_00010.pt'}")
 
 
 def test_unknown_pretrained_name_lists_valid_names():
