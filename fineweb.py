@@ -514,7 +514,7 @@ def file_kind(path):
 
 def resolve_files(patterns):
     """Expands globs (sorted, so that the order of documents does not depend on the file system)."""
-    files = []
+    files, given = [], {}  # given: realpath -> (path, pattern) of each file taken
     for pattern in patterns:
         pattern = os.path.expanduser(pattern)
         # a file named like a pattern (data[1].txt) is that file
@@ -523,7 +523,18 @@ def resolve_files(patterns):
         matches = [m for m in matches if not os.path.isdir(m)]
         if not matches or not os.path.exists(matches[0]):
             raise FinewebError(f"--files: no file matches {pattern}")
-        files += [os.path.abspath(m) for m in matches]
+        for path in map(os.path.abspath, matches):
+            # a file taken twice (a pattern and a name, a link) was tokenized twice in silence: shard 0 (val) is
+            # cut from the first documents, and their second copy went into train shards
+            real = os.path.realpath(path)
+            if real in given:
+                first, by = given[real]
+                how = (f" ({path} is the same file)" if path != first else
+                       f" ({by} and {pattern} both match it)" if by != pattern else "")
+                raise FinewebError(f"--files takes {first} twice{how}: its documents would be tokenized twice, "
+                                   "those of the val shard into train shards too; give each file once")
+            given[real] = path, pattern
+            files.append(path)
     kinds = {FILE_BUILDERS.get(file_kind(f)) for f in files}
     if None in kinds:
         odd = next(f for f in files if FILE_BUILDERS.get(file_kind(f)) is None)

@@ -352,6 +352,24 @@ def test_files_inside_the_local_dir_are_refused_so_a_rerun_does_not_read_its_own
     assert file_bytes(tmp_path / "in" / "out") == before
 
 
+@pytest.mark.parametrize("how", ["the same name", "a pattern and a name", "a link", "relative and absolute"])
+def test_a_file_given_twice_is_refused_naming_it_before_anything_is_tokenized(tmp_path, capsys, monkeypatch, how):
+    # it was tokenized twice without a word (400 documents for 200): the val shard's documents again in train shards
+    monkeypatch.chdir(tmp_path)
+    path = write_input(tmp_path / "in", "jsonl")[0]
+    os.symlink(path, tmp_path / "link.jsonl")
+    files, detail = {
+        "the same name": ([path, path], ""),
+        "a pattern and a name": (["in/*.jsonl", "in/docs.jsonl"], " (in/*.jsonl and in/docs.jsonl both match it)"),
+        "a link": ([path, "link.jsonl"], f" ({tmp_path / 'link.jsonl'} is the same file)"),
+        "relative and absolute": (["in/docs.jsonl", path], f" (in/docs.jsonl and {path} both match it)"),
+    }[how]
+    err = fail_inprocess(["--files", *files, "--local-dir", "out", "--cache-dir", "hf"], capsys)
+    assert err == (f"error: --files takes {path} twice{detail}: its documents would be tokenized twice, those of the "
+                   "val shard into train shards too; give each file once\n")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "hf").exists()
+
+
 def test_a_second_run_in_a_folder_another_run_is_writing_is_refused(tmp_path, reference, capsys):
     # two runs raced: each wrote shards of its own input under the same names and both ended without an error
     files, _, want = reference
