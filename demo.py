@@ -131,7 +131,7 @@ def main(argv=None):
     except OSError as e:  # a folder where the corpus or its .tmp file goes, a full disk
         sys.exit(f"error: the demo's corpus cache {CACHE}: cannot write {e.filename} ({gpt2_tokenizer.folder_error(e)})"
                  + CACHE_HINT)
-    if not os.path.isfile(corpus):  # a folder or a FIFO of its name: fineweb.py would say no file matches it
+    if not os.path.isfile(corpus):  # a folder or a FIFO of its name: fineweb.py would blame --files, not the cache
         sys.exit(f"error: the demo's corpus cache {CACHE}: {corpus} is not a regular file" + CACHE_HINT)
     print(f"corpus: {corpus}")
     try:

@@ -26,11 +26,12 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import shlex
 import signal
 import sys
 import time
 import zlib
-from collections import deque
+from collections import Counter, deque
 
 import numpy as np
 from tqdm import tqdm
@@ -519,6 +520,8 @@ def resolve_files(patterns):
         pattern = os.path.expanduser(pattern)
         # a file named like a pattern (data[1].txt) is that file
         literal = not glob.has_magic(pattern) or os.path.exists(pattern)
+        if literal and os.path.isdir(pattern):  # it said "no file matches" of a folder that is right there
+            raise FinewebError(folder_given(pattern))
         matches = [pattern] if literal else sorted(glob.glob(pattern, recursive=True))
         matches = [m for m in matches if not os.path.isdir(m)]
         if not matches or not os.path.exists(matches[0]):
@@ -545,6 +548,24 @@ def resolve_files(patterns):
         raise FinewebError(f"--files mixes {' and '.join(sorted(kinds))} files; tokenize one kind per run "
                            "(or convert them to one)")
     return files, kinds.pop()
+
+
+def folder_given(folder):
+    """The error for a folder given to --files: a pattern for the kind of file --files reads that it holds most of."""
+    if any(os.path.exists(os.path.join(folder, f)) for f in ("state.json", "dataset_dict.json")):
+        return f"--files: {folder} is a folder written by save_to_disk; read it with --dataset {shlex.quote(folder)}"
+    found = [f for f in folder_files(folder) if FILE_BUILDERS.get(file_kind(f))]
+    if not found:
+        return (f"--files: {folder} is a folder, with no file in it that --files reads (.txt, .jsonl/.json, either "
+                "gzipped, or .parquet)")
+
+    def suffix(f):  # .jsonl, .jsonl.gz: as the file is named (a pattern is case-sensitive)
+        return f[-len(data_extension(f) + ".gz" * f.lower().endswith(".gz")):]
+    common = Counter(map(suffix, found)).most_common(1)[0][0]
+    nested = any(os.sep in os.path.relpath(f, folder) for f in found if suffix(f) == common)
+    pattern = os.path.join(glob.escape(folder), "**" if nested else "", "*" + common)  # a folder named data[1] too
+    return (f"--files: {folder} is a folder; name its files with a pattern, quoted so that the shell leaves it to "
+            f"fineweb.py: --files {shlex.quote(pattern)}")
 
 
 # the extensions of datasets' own file formats (a README.md or LICENSE beside them is not read)

@@ -809,6 +809,39 @@ def test_empty_input_fails_without_writing_anything(tmp_path, capsys, case):
     assert_clean_failure(err, str(tmp_path / "out"), needle)
 
 
+@pytest.mark.parametrize("folder", ["of jsonl", "of txt.gz below", "from save_to_disk", "of nothing it reads"])
+def test_a_folder_given_to_files_is_named_as_one_with_a_pattern_that_reads_it(tmp_path, capsys, monkeypatch, enc,
+                                                                                folder):
+    # it said "error: --files: no file matches in", of a folder that is right there
+    monkeypatch.chdir(tmp_path)
+    if folder == "of jsonl":
+        write_input(tmp_path / "in", "jsonl")
+        (tmp_path / "in" / "README.md").write_text("about these documents\n")
+    elif folder == "of txt.gz below":  # the kind it holds most of, in subfolders: '**'
+        write_input(tmp_path / "in" / "books", "txt", docs=DOCS[:3])
+        gzip_files(tmp_path / "in" / "books")
+        write_input(tmp_path / "in", "jsonl", docs=DOCS[3:4])
+    elif folder == "from save_to_disk":  # its dataset_info.json and state.json are no documents
+        import datasets
+        datasets.Dataset.from_dict({"text": DOCS}).save_to_disk(str(tmp_path / "in"))
+    else:
+        (tmp_path / "in").mkdir()
+        (tmp_path / "in" / "notes.md").write_text("not a document\n")
+    err = fail_inprocess(["--files", "in", "--local-dir", "out", "--cache-dir", "hf"], capsys)
+    pattern = {"of jsonl": "in/*.jsonl", "of txt.gz below": "in/**/*.txt.gz"}.get(folder)
+    assert err == "error: --files: in" + {
+        "from save_to_disk": " is a folder written by save_to_disk; read it with --dataset in",
+        "of nothing it reads": " is a folder, with no file in it that --files reads (.txt, .jsonl/.json, either "
+                               "gzipped, or .parquet)",
+    }.get(folder, " is a folder; name its files with a pattern, quoted so that the shell leaves it to fineweb.py: "
+                  f"--files '{pattern}'") + "\n"
+    assert not (tmp_path / "out").exists() and not (tmp_path / "hf").exists()
+    if pattern:  # the pattern it suggests reads the folder's documents
+        run_inprocess([pattern], tmp_path / "out", tmp_path)
+        np.testing.assert_array_equal(read_shards(tmp_path / "out"),
+                                      expected_stream(enc, DOCS if folder == "of jsonl" else DOCS[:3]))
+
+
 def test_broken_json_foreign_shards_and_a_broken_manifest_fail_cleanly(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "docs.jsonl").write_text('{"text": "fine"}\n{"text": "no closing brace"\n')
