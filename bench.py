@@ -673,6 +673,12 @@ def main(argv=None):
     if args.profile:  # the worker runs in the repo's folder: a relative path is this folder's
         args.profile = os.path.abspath(args.profile)
     check_results_file(args.results)
+    gpu_b, gpu_t = DEFAULT_SHAPE["batch_size"], DEFAULT_SHAPE["seq_len"]
+    if device_type == "cpu" and (args.batch_size, args.seq_len) == (gpu_b, gpu_t):
+        # said before the first worker fills the memory: one size flag leaves -B and -T at the GPU's
+        print(f"note: B={gpu_b}, T={gpu_t} is a GPU's micro-batch (-B and -T default to it once any size flag is "
+              "given): on this repo's 2-core CPU, GPT-2 small's worker held 21 GB at it; give smaller -B and -T "
+              f"(README's CPU figures: B={CPU_SHAPE['batch_size']}, T={CPU_SHAPE['seq_len']})", flush=True)
 
     sigterm_as_interrupt()  # a plain `kill` as Ctrl-C: the worker killed (run_in_process), what was measured kept
     run_id = datetime.datetime.now().strftime("%Y-%m-%dT%H:%M:%S") + f"-{os.getpid()}"

@@ -147,6 +147,23 @@ def test_a_cpu_given_no_size_measures_the_small_cpu_shape_not_gpt2_small(tmp_pat
     assert shape("cuda", "--n-layer", "2", "-T", "64") == ("gpt2", 2, None, None, 64, 64)
 
 
+@pytest.mark.parametrize("flags, noted", [(["--n-layer", "2"], True), (["--model", "gpt2", "-B", "64", "-T", "1024"], True),
+                                          (["--n-layer", "2", "-B", "8"], False)])
+def test_a_cpu_at_the_gpus_micro_batch_is_noted_before_it_starts(tmp_path, flags, noted):
+    # one size flag left -B and -T at B=64, T=1024 without a word: GPT-2 small's worker held 21 GB of this CPU.
+    # --time-budget 1 skips the configuration, so nothing that large starts here
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "--device", "cpu", *flags, "--configs",
+                          "baseline", "--time-budget", "1", "--results", str(tmp_path / "r.jsonl")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.stderr == "error: no configuration was measured (1 skipped); the reasons are printed above\n"
+    note = ("note: B=64, T=1024 is a GPU's micro-batch (-B and -T default to it once any size flag is given): on "
+            "this repo's 2-core CPU, GPT-2 small's worker held 21 GB at it; give smaller -B and -T (README's CPU "
+            "figures: B=8, T=256)")
+    lines = out.stdout.splitlines()
+    assert [line for line in lines if line.startswith("note:")] == ([note] if noted else [])
+    assert lines[int(noted)].startswith("bench.py run ")  # the note comes first, before the header
+
+
 TINY = ["--device", "cpu", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--vocab-size", "512", "-B", "2",
         "-T", "32", "--steps", "2", "--warmup", "1"]
 
