@@ -54,7 +54,7 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -335,7 +335,11 @@ def write_profile(job, train_step, first_step, device, log):
             train_step(first_step + k)
             prof.step()
         synchronize(device)
+    with suppress(FileNotFoundError):  # an earlier run's trace must not pass for this one's
+        os.remove(job["profile"])
     prof.export_chrome_trace(job["profile"])
+    if not os.path.exists(job["profile"]):  # torch logs why on stderr, and returns as if it had written it
+        raise OSError(f"the profiler wrote no trace to {job['profile']}")
     log(f"wrote the profiler trace of {job['profile_steps']} steps to {job['profile']}")
     # the trace of a GPU step can be too large to fetch from a lent machine; the table of the ops
     # and kernels that took the most time, each counted once (self time), tells where the step goes
@@ -670,6 +674,12 @@ def main(argv=None):
     if args.profile and os.path.isdir(args.profile):  # torch's export would replace an empty folder by the trace
         sys.exit(f"error: --profile {args.profile} is a folder: name the trace file, "
                  f"e.g. {os.path.join(args.profile, 'trace.json')}")
+    if profile_dir:  # torch's export only logs a file it cannot open: found out here, not after the measuring
+        try:
+            with tempfile.TemporaryFile(dir=profile_dir):
+                pass
+        except OSError as e:
+            sys.exit(f"error: --profile {args.profile}: cannot write in {profile_dir} ({e.strerror or e})")
     if args.profile:  # the worker runs in the repo's folder: a relative path is this folder's
         args.profile = os.path.abspath(args.profile)
     check_results_file(args.results)

@@ -339,6 +339,37 @@ def test_a_profile_path_that_is_a_folder_fails_before_measuring_anything(tmp_pat
     assert folder.is_dir() and not (tmp_path / "r.jsonl").exists()
 
 
+def test_a_profile_path_in_a_folder_it_cannot_write_in_fails_before_measuring_anything(tmp_path):
+    # it measured, printed "wrote the profiler trace ... to" a trace that was never written, then "the profile
+    # failed", and exited 0
+    from conftest import without_root_override
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    r = subprocess.run([*without_root_override(), sys.executable, os.path.join(ROOT, "bench.py"), *TINY, "--profile",
+                        str(folder / "trace.json"), "--results", str(tmp_path / "r.jsonl")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", f"error: --profile {folder}/trace.json: cannot write in "
+                                                         f"{folder} (Permission denied)\n")
+    assert os.listdir(folder) == [] and not (tmp_path / "r.jsonl").exists()
+
+
+def test_the_profile_says_wrote_only_for_a_trace_it_wrote(tmp_path):
+    # torch's export logs a file it cannot write and returns: a folder gone after the start-up check, or a folder
+    # at a configuration's trace path (NAME.<config>.json), was "wrote the profiler trace ... to" it
+    (tmp_path / "trace.json").mkdir()
+    (tmp_path / "trace.json" / "keep").write_text("")
+    train_step = lambda step: torch.ones(4).sum()  # some work for the profiler to record
+    for path, error in ((tmp_path / "gone" / "trace.json", f"the profiler wrote no trace to {tmp_path}/gone/trace.json"),
+                        (tmp_path / "trace.json", f"[Errno 21] Is a directory: '{tmp_path}/trace.json'")):
+        logged = []
+        with pytest.raises(OSError) as e:
+            bench.write_profile(dict(profile=str(path), profile_steps=1), train_step, 0, torch.device("cpu"),
+                                logged.append)
+        assert (str(e.value), logged) == (error, [])
+    assert os.listdir(tmp_path / "trace.json") == ["keep"]
+
+
 def test_profile_writes_a_chrome_trace_and_a_table_of_where_the_step_went(tmp_path):
     # paths relative to where it runs, not the repo (its worker's folder), where they once went
     r = run_bench("--configs", "fp32", "--profile", "trace.json", "--profile-steps", "1", "--results",
