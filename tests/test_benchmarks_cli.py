@@ -88,6 +88,19 @@ def test_tokenize_bench_reads_its_corpus_from_a_cache_whose_path_looks_like_a_gl
     assert "40 documents" in r.stdout, r.stdout
 
 
+def test_tokenize_bench_appends_its_line_to_results(tmp_path):
+    # it had no --results: every run, a trial one included, went to the tracked benchmarks/results.jsonl
+    docs = [json.dumps({"text": f"Chapter {i}\n\nIn the beginning was the word, {i} times."}) for i in range(40)]
+    (tmp_path / "kjv_chapters_1mb.jsonl").write_text("\n".join(docs) + "\n")
+    results = tmp_path / "r.jsonl"
+    r = run("tokenize_bench.py", "--cache", tmp_path, "--corpus-mb", "1", "--repeats", "1", "--shard-size", "100",
+            "--results", results)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.splitlines()[-1] == f"appended to {results}"
+    line = json.loads(results.read_text())
+    assert (line["benchmark"], line["tokens"], line["corpus"]["documents"]) == ("tokenize_bench", 600, 40)
+
+
 # -----------------------------------------------------------------------------
 # hellaswag_bench.py and loader_memory_bench.py
 
@@ -113,10 +126,11 @@ def test_hellaswag_bench_refuses_bad_counts(tmp_path, val, args, expected):
 @pytest.mark.parametrize("script, args", [
     ("hellaswag_bench.py", [*TINY_GPT, "--limit", "1"]),
     ("loader_memory_bench.py", ["--tokens", "1000", "-B", "2", "-T", "8"]),
+    ("tokenize_bench.py", ["--corpus-mb", "1"]),  # had no --results: the tracked file, written after measuring
 ])
-def test_a_results_path_that_is_a_folder_fails_before_measuring(tmp_path, val, script, args):
-    # both used to measure everything first, then die on open() with IsADirectoryError
-    extra = ["--file", val] if script == "hellaswag_bench.py" else []
+def test_a_results_path_that_is_a_folder_fails_before_measuring(tmp_path, val, cache, script, args):
+    # all used to measure everything first, then die on open() with IsADirectoryError
+    extra = {"hellaswag_bench.py": ["--file", val], "tokenize_bench.py": ["--cache", cache]}.get(script, [])
     r = run(script, *args, *extra, "--results", tmp_path)
     assert assert_one_error_line(r) == f"error: cannot append to --results {tmp_path} (Is a directory)"
     assert r.stdout == ""  # nothing measured, nothing printed
