@@ -29,9 +29,9 @@ from torch.nn import functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hellaswag  # noqa: E402
 from bench import check_results_file  # noqa: E402
-from gpt2_modules import (AUTOCAST, GPT, MODEL_SIZES, PADDED_VOCAB_SIZE, GPTConfig, autocast, default_dtype,  # noqa: E402
-                          resolve_device)
-from gpt2_tokenizer import TokenizerUnavailable  # noqa: E402
+from gpt2_modules import (AUTOCAST, GPT, MODEL_SIZES, PADDED_VOCAB_SIZE, GPTConfig, autocast, check_seed,  # noqa: E402
+                          default_dtype, resolve_device)
+from gpt2_tokenizer import VOCAB_SIZE, TokenizerUnavailable  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.jsonl")
 
@@ -89,6 +89,10 @@ def main(argv=None):
             raise ValueError(f"--limit must be positive, got {args.limit}")
         if args.warmup < 0:
             raise ValueError(f"--warmup must be 0 or more, got {args.warmup}")
+        if args.vocab_size < VOCAB_SIZE:  # the examples' token ids go up to it: a traceback mid-warm-up
+            raise ValueError(f"--vocab-size must be at least GPT-2's {VOCAB_SIZE} (the tokenizer's ids), "
+                             f"got {args.vocab_size}")
+        check_seed(args.seed)
         if args.threads is not None:
             if args.threads < 1:
                 raise ValueError(f"--threads must be positive, got {args.threads}")

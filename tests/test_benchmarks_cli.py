@@ -116,8 +116,12 @@ TINY_GPT = ["--device", "cpu", "--dtype", "float32", "--n-layer", "1", "--n-head
     (["--threads", "-1"], "error: --threads must be positive, got -1"),  # was torch's RuntimeError
     (["--threads", "0"], "error: --threads must be positive, got 0"),  # was ignored: torch's default was timed
     (["--warmup", "-3"], "error: --warmup must be 0 or more, got -3"),  # was a RuntimeError from torch.stack
+    # was a ValueError traceback: "token id 34759 is out of range for vocab_size 100"
+    (["--vocab-size", "100"], "error: --vocab-size must be at least GPT-2's 50257 (the tokenizer's ids), got 100"),
+    (["--seed", "99999999999999999999999"],  # was "error: Overflow when unpacking long long"
+     "error: --seed must fit in 64 bits, got 99999999999999999999999"),
 ])
-def test_hellaswag_bench_refuses_bad_counts(tmp_path, val, args, expected):
+def test_hellaswag_bench_refuses_bad_numbers(tmp_path, val, args, expected):
     r = run("hellaswag_bench.py", *TINY_GPT, "--file", val, "--results", tmp_path / "r.jsonl", *args)
     assert assert_one_error_line(r) == expected and r.stdout == ""
     assert not (tmp_path / "r.jsonl").exists()
