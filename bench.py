@@ -60,7 +60,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from fineweb import Terminated, sigterm_as_interrupt
-from gpt2_modules import GPT, MODEL_SIZES, PADDED_VOCAB_SIZE, GPTConfig, first_line
+from gpt2_modules import GPT, MODEL_SIZES, PADDED_VOCAB_SIZE, GPTConfig, HelpFormatter, first_line
 from train_gpt2 import BATCH_SIZE, SEQ_LEN, get_lr  # get_lr: the schedule, recomputed per step as in training
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -590,12 +590,13 @@ def format_table(rows, seq_len):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)  # shows the defaults
     p.add_argument("--configs", default=None,
                    help="comma-separated presets (see --list); baseline is added first if missing. "
                         f"Default on CUDA: {','.join(DEFAULT_CONFIGS['cuda'])}; elsewhere: {','.join(DEFAULT_CONFIGS['cpu'])}")
     p.add_argument("--list", action="store_true", help="print the presets and their predictions, and exit")
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"],
+                   help="auto: CUDA if torch sees a GPU, else the CPU")
     p.add_argument("--model", default=None, choices=list(MODEL_SIZES),
                    help="default gpt2; a CPU given none of the size flags measures n_layer 4, n_head 4, n_embd 256, "
                         "B=8, T=256 instead")
@@ -603,7 +604,7 @@ def parse_args(argv=None):
     p.add_argument("--n-head", type=int, default=None, help="override the attention heads of --model")
     p.add_argument("--n-embd", type=int, default=None, help="override the width of --model")
     p.add_argument("--vocab-size", type=int, default=PADDED_VOCAB_SIZE,
-                   help=f"{PADDED_VOCAB_SIZE}: GPT-2's 50257 padded, as train_gpt2.py")
+                   help="GPT-2's 50257 padded to a multiple of 128, as train_gpt2.py")
     p.add_argument("--batch-size", "-B", type=int, default=None,
                    help="micro-batch size (a preset may change it); default 64, on a CPU see --model")
     p.add_argument("--seq-len", "-T", type=int, default=None, help="default 1024, on a CPU see --model")
@@ -620,20 +621,23 @@ def parse_args(argv=None):
                         "median, or the fastest step (timeit's rule, for a machine shared with bursts of other "
                         "work: interference only ever adds time); the JSON line has all three")
     p.add_argument("--max-seconds", type=float, default=120,
-                   help="stop timing a configuration after this long (fewer steps are then reported)")
-    p.add_argument("--timeout", type=float, default=300, help="kill a configuration that runs longer than this")
+                   help="stop timing a configuration after this many seconds (fewer steps are then reported)")
+    p.add_argument("--timeout", type=float, default=300,
+                   help="kill a configuration that runs longer than this many seconds, compilation included")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds for the whole run: later configurations get what is left, or are skipped "
                         f"when less than {MIN_CONFIG_S} s is left")
     p.add_argument("--cold-compile", action="store_true",
                    help="a fresh inductor cache per configuration (honest first-step times, slower)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, if the table lacks it")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's dense bf16 peak in TFLOPS, for MFU, if PEAK_BF16_TFLOPS lacks it")
     p.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "results.jsonl"),
-                   help="append one JSON line per configuration here")
+                   help="append one JSON line per configuration here; default: benchmarks/results.jsonl, the "
+                        "repo's tracked record of measurements (name another file for a trial run)")
     p.add_argument("--profile", default=None,
                    help="write a chrome trace of a few steps here (with several configs: NAME.<config>.json), "
                         "and beside it (.txt) the table of the ops that took the most time")
-    p.add_argument("--profile-steps", type=int, default=3)
+    p.add_argument("--profile-steps", type=int, default=3, help="steps in each profile, after the timed ones")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 

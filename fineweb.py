@@ -919,9 +919,9 @@ def check_local_dir(local_dir, flag="--local-dir"):
         raise FinewebError(f"{flag} {local_dir}: this user may not write in {existing}")
 
 
-def parse_shard_size(text):
+def parse_shard_size(text, flag="--shard-size"):
     """--shard-size as an int: 100000000, 100_000_000 and 1e8 alike; at most what fits in this machine's memory,
-    where a shard is built as one uint16 array."""
+    where a shard is built as one uint16 array. flag: the option the error names (a benchmark's shard size)."""
     try:
         size = int(text)
     except ValueError:
@@ -932,7 +932,7 @@ def parse_shard_size(text):
         size = int(size) if size is not None and size.is_integer() else None  # nan and inf are not integers
     limit = max_shard_size()
     if size is None or not 1 <= size <= limit:
-        raise FinewebError(f"--shard-size must be a whole number of tokens from 1 to {limit:,} (a shard is built "
+        raise FinewebError(f"{flag} must be a whole number of tokens from 1 to {limit:,} (a shard is built "
                            f"in memory, 2 bytes a token), got {text}")
     return size
 

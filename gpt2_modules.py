@@ -516,7 +516,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         help = action.help or ""
-        if action.default in (None, argparse.SUPPRESS) or "default" in help or not action.option_strings:
+        store_true = action.const is True and action.default is False  # off unless given: nothing to show
+        if action.default in (None, argparse.SUPPRESS) or "default" in help or not action.option_strings or store_true:
             return action.help
         return help + " (default: %(default)s)"
 

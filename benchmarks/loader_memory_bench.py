@@ -92,21 +92,30 @@ def write_shard(path, n_tokens, seed=0):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=100_000_000, help="shard size (fineweb.py writes 1e8)")
-    parser.add_argument("-B", type=int, default=64)
-    parser.add_argument("-T", type=int, default=1024)
-    parser.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "results.jsonl"))
+    parser.add_argument("--tokens", default=str(10**8),
+                        help="tokens in the shard: 100000000, 100_000_000 or 1e8 (default: %(default)s, the size "
+                             "of fineweb.py's shards)")
+    parser.add_argument("-B", type=int, default=64, help="sequences per batch (default: %(default)s, the lecture's)")
+    parser.add_argument("-T", type=int, default=1024, help="tokens per sequence (default: %(default)s)")
+    parser.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "results.jsonl"),
+                        help="the JSON-lines file to append to (default: %(default)s)")
     parser.add_argument("--machine", default=f"{os.cpu_count()}-core {platform.machine()} CPU, "
-                        f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GB")
+                        f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GB",
+                        help="the machine's description for the results file (default: %(default)s)")
     parser.add_argument("--measure", nargs=2, metavar=("LOADER", "SHARD"), help=argparse.SUPPRESS)  # the child
     args = parser.parse_args()
     if args.measure:
         return measure(args.measure[0], args.measure[1], args.B, args.T)
 
+    sys.path.insert(0, ROOT)
+    import fineweb  # here, not at the top: the measuring children need none of it
+    try:
+        args.tokens = fineweb.parse_shard_size(args.tokens, "--tokens")  # the shard size as fineweb.py reads it
+    except fineweb.FinewebError as e:
+        sys.exit(f"error: {e}")
     if min(args.B, args.T) < 1 or args.tokens < args.B * args.T + 1:
         parser.error(f"need B, T >= 1 and --tokens >= B*T+1 = {args.B * args.T + 1:,} (one batch), "
                      f"got B={args.B}, T={args.T}, --tokens {args.tokens:,}")
-    sys.path.insert(0, ROOT)
     from bench import check_results_file  # here, not at the top: the measuring children need none of bench's imports
     check_results_file(args.results)  # a folder, say, fails now and not after the measuring
     results = {}

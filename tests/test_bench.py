@@ -178,6 +178,31 @@ def table_rows(stdout):
     return {line.split()[0]: line.split() for line in table.splitlines()[2:]}
 
 
+def flags_without_help(help_text):
+    """The flags of an argparse --help that have no help text, on their own line or on the next."""
+    lines = help_text[help_text.index("\noptions:"):].splitlines() + [""]
+    return [line.split()[0] for i, line in enumerate(lines) if re.match(r"^  -", line)
+            and not (re.match(r"^  -\S.*?  +\S", line) or re.match(r"^ {10,}\S", lines[i + 1]))]
+
+
+def test_help_describes_every_flag_and_shows_its_default(capsys):
+    # --steps, --warmup, --rounds, --max-seconds and --timeout hid their defaults, the last two their unit too;
+    # --profile-steps had no help at all
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert flags_without_help(out) == []
+    text = " ".join(out.split())  # unwrapped
+    for shown in ["(median of these) (default: 10)", "the first of which compiles (default: 2)",
+                  "configuration alike) (default: 1)", "after this many seconds (fewer steps are then reported) "
+                  "(default: 120)", "longer than this many seconds, compilation included (default: 300)",
+                  "--profile-steps PROFILE_STEPS steps in each profile, after the timed ones (default: 3)",
+                  "default: benchmarks/results.jsonl, the repo's tracked record of measurements",
+                  "--list print the presets and their predictions, and exit --device"]:  # no "(default: False)"
+        assert shown in text, shown
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
 @pytest.mark.parametrize("flag, value, shown", [("--n-layer", "0", "0"), ("--n-head", "-2", "-2"),
                                                 ("--n-embd", "0", "0"), ("--total-batch-size", "-128", "-128"),
                                                 ("--peak-tflops", "-1", "-1"), ("--peak-tflops", "nan", "nan"),

@@ -13,6 +13,7 @@ import torch
 
 import fineweb
 from gpt2_modules import GPT, GPTConfig
+from test_bench import flags_without_help
 from test_hellaswag import ROOF, write_jsonl
 from test_train_gpt2 import assert_one_error_line
 
@@ -162,11 +163,32 @@ def test_hellaswag_bench_with_no_warm_up_times_cold(tmp_path, val):
     assert [line.split()[0] for line in r.stdout.splitlines()[-3:]] == ["lecture,", "1", "1"]
 
 
+def test_loader_memory_bench_help_describes_every_flag_and_shows_its_default():
+    # -B, -T, --results and --machine had no help, and --tokens said "(fineweb.py writes 1e8)" but refused 1e8
+    r = run("loader_memory_bench.py", "--help")
+    assert r.returncode == 0 and flags_without_help(r.stdout) == []
+    text = " ".join(r.stdout.split())  # unwrapped
+    for shown in ["--tokens TOKENS tokens in the shard: 100000000, 100_000_000 or 1e8 (default: 100000000, the size "
+                  "of fineweb.py's shards)", "-B B sequences per batch (default: 64, the lecture's)",
+                  "-T T tokens per sequence (default: 1024)",
+                  f"--results RESULTS the JSON-lines file to append to (default: {ROOT}/benchmarks/results.jsonl)",
+                  "--machine MACHINE the machine's description for the results file (default: "]:
+        assert shown in text, shown
+
+
+def test_loader_memory_bench_reads_tokens_as_fineweb_py_reads_a_shard_size():
+    r = run("loader_memory_bench.py", "--tokens", "1.5")  # was argparse's "invalid int value", under its usage
+    assert assert_one_error_line(r) == (f"error: --tokens must be a whole number of tokens from 1 to "
+                                        f"{fineweb.max_shard_size():,} (a shard is built in memory, 2 bytes a token), "
+                                        "got 1.5")
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="reads Linux's /proc/self/status")
 def test_loader_memory_bench_reports_megabytes_as_its_labels_say(tmp_path):
     # /proc counts in KiB: the figures were MiB under "MB" labels, beside a shard size in MB (10^6 bytes).
-    # The lecture's loader ends holding the whole shard as int64: 10M tokens x 8 bytes = 80.0 MB (76.3 MiB)
-    r = run("loader_memory_bench.py", "--tokens", 10_000_000, "-B", 16, "-T", 1024, "--results", tmp_path / "r.jsonl")
+    # The lecture's loader ends holding the whole shard as int64: 10M tokens x 8 bytes = 80.0 MB (76.3 MiB).
+    # 1e7, as fineweb.py's --shard-size takes it: --tokens refused it
+    r = run("loader_memory_bench.py", "--tokens", "1e7", "-B", 16, "-T", 1024, "--results", tmp_path / "r.jsonl")
     assert r.returncode == 0, r.stderr
     line = json.loads((tmp_path / "r.jsonl").read_text())
     assert line["unit"] == "MB = 10^6 bytes"
