@@ -430,15 +430,17 @@ def test_load_checkpoint_rejects_files_that_are_not_checkpoints(tmp_path):
         assert "KeyError" not in str(error.value)  # not pickle's "KeyError: 101" for a text file's first byte
 
 
-@pytest.mark.parametrize("kind", ["missing file", "text file", "unknown name"])
+@pytest.mark.parametrize("kind", ["missing file", "text file", "unknown name", "missing folder"])
 def test_cli_reports_bad_model_in_one_line_without_traceback(tmp_path, kind):
     (tmp_path / "notes.pt").write_text("not a checkpoint\n")
     model = {"missing file": str(tmp_path / "nope.pt"), "text file": str(tmp_path / "notes.pt"),
-             "unknown name": "gpt3"}[kind]
+             "unknown name": "gpt3", "missing folder": str(tmp_path / "nope")}[kind]
     line = assert_one_error_line(run_cli("sample", "--model", model, "--max-length", "9"))  # the prompt is 8
     assert model in line
     if kind == "unknown name":
-        assert all(name in line for name in MODEL_SIZES)
+        assert line.startswith("error: unknown pretrained model 'gpt3': expected one of gpt2, gpt2-medium, ")
+    if kind == "missing folder":  # it was "unknown pretrained model" too
+        assert line.startswith(f"error: no such folder '{model}': expected one of gpt2, gpt2-medium, ")
 
 
 @pytest.mark.slow
