@@ -249,11 +249,11 @@ def process_env():
     if not (world_size >= 1 and 0 <= rank < world_size and local_rank >= 0):
         raise ConfigError(f"RANK {rank}, LOCAL_RANK {local_rank} and WORLD_SIZE {world_size} do not fit together "
                           "(0 <= RANK < WORLD_SIZE): torchrun sets them; unset them to run one process")
-    missing = [key for key in ("MASTER_ADDR", "MASTER_PORT") if world_size > 1 and not os.environ.get(key)]
-    if missing:  # else torch's "environment variable MASTER_ADDR expected", which does not say why it was asked
-        verb = "is" if len(missing) == 1 else "are"
-        raise ConfigError(f"WORLD_SIZE is {world_size} but {' and '.join(missing)} {verb} not set: torchrun sets "
-                          "them all; unset WORLD_SIZE and RANK to run one process")
+    missing = [key for key in ("RANK", "MASTER_ADDR", "MASTER_PORT") if world_size > 1 and not os.environ.get(key)]
+    if missing:  # else torch's "environment variable RANK expected", which does not say why it was asked
+        names = " and ".join([", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)
+        raise ConfigError(f"WORLD_SIZE is {world_size} but {names} {'is' if len(missing) == 1 else 'are'} not set: "
+                          "torchrun sets them all; unset WORLD_SIZE to run one process")
     return rank, local_rank, world_size
 
 

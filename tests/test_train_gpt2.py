@@ -710,15 +710,18 @@ def test_bad_sizes_stop_with_one_error_line(data_root, tmp_path, capsys, extra, 
                           "torchrun sets them; unset them to run one process"),
     ({"RANK": "5"}, "RANK 5, LOCAL_RANK 0 and WORLD_SIZE 1 do not fit together (0 <= RANK < WORLD_SIZE): "
                     "torchrun sets them; unset them to run one process"),
-    # a WORLD_SIZE left in the shell: torch's "environment variable MASTER_ADDR expected, but not set" said not why
-    ({"WORLD_SIZE": "2"}, "WORLD_SIZE is 2 but MASTER_ADDR and MASTER_PORT are not set: torchrun sets them all; "
-                          "unset WORLD_SIZE and RANK to run one process"),
-    ({"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}, "WORLD_SIZE is 2 but MASTER_PORT is not set: torchrun sets "
-                                                      "them all; unset WORLD_SIZE and RANK to run one process"),
+    # a WORLD_SIZE left in the shell: torch's "environment variable RANK expected, but not set" said not why
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE is 2 but RANK, MASTER_ADDR and MASTER_PORT are not set: torchrun sets them "
+                          "all; unset WORLD_SIZE to run one process"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1"},
+     "WORLD_SIZE is 2 but MASTER_PORT is not set: torchrun sets them all; unset WORLD_SIZE to run one process"),
+    ({"WORLD_SIZE": "2", "MASTER_PORT": "29500"},
+     "WORLD_SIZE is 2 but RANK and MASTER_ADDR are not set: torchrun sets them all; unset WORLD_SIZE to run one "
+     "process"),
 ])
 def test_torchrun_variables_it_would_never_set_are_an_error_line(data_root, tmp_path, capsys, monkeypatch, env,
                                                                  expected):
-    for key in ("MASTER_ADDR", "MASTER_PORT"):
+    for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
