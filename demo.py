@@ -85,7 +85,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps of 4,096 tokens (default 100)")
     parser.add_argument("--corpus", choices=["bible", "pydoc"], default="bible")
-    parser.add_argument("--data-dir", default=None, help="where the shards go (default: demo_data/kjv, or demo_data/pydoc for the pydoc corpus)")
+    parser.add_argument("--data-dir", default=None,
+                        help="where the shards go (default: demo_data/kjv, or demo_data/pydoc for the pydoc corpus)")
     parser.add_argument("--log-dir", default=DEMO_LOG,
                         help=f"log.txt, the checkpoint and loss.png go here (default: {DEMO_LOG}, which each demo "
                              "run starts afresh unless a run trained on there with --resume; another folder must "
