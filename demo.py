@@ -25,8 +25,6 @@ import sys
 import tarfile
 import tempfile
 
-import torch
-
 import fineweb
 import gpt2_tokenizer
 import plot_log
@@ -172,11 +170,8 @@ def main(argv=None):
 
 def trained_on(path):
     """Whether a checkpoint comes from a run continued with --resume, as the demo's own (--resume none) never is."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["args"]
-    except Exception:  # unreadable (torn, not a checkpoint): nothing there to keep
-        return False
-    return saved.get("resume", "none") != "none"
+    peeked = train_gpt2.peek_checkpoint(path)  # None: unreadable (torn, not a checkpoint), nothing there to keep
+    return peeked is not None and peeked[1].get("resume", "none") != "none"
 
 
 def train_command(flags):

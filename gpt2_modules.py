@@ -190,15 +190,16 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_dir):
         """OpenAI's GPT-2 by name (through transformers and the HF hub), or a local save_pretrained folder."""
-        if name_or_dir not in MODEL_SIZES and not os.path.isdir(name_or_dir):
-            # a path (it names a folder) that is not there reads better as such than as an unknown model name
-            looks_like_path = os.sep in name_or_dir or name_or_dir.startswith(".")
-            what = "no such folder" if looks_like_path else "unknown pretrained model"
-            raise ValueError(f"{what} {name_or_dir!r}: expected one of {', '.join(MODEL_SIZES)} or a folder written "
-                             "by save_pretrained")
-        if name_or_dir not in MODEL_SIZES and not os.path.isfile(os.path.join(name_or_dir, "config.json")):
-            # transformers would build a default GPT-2 and report every weight of another size, then fail
-            raise ValueError(f"{name_or_dir} is not a folder written by save_pretrained: it has no config.json")
+        if name_or_dir not in MODEL_SIZES:
+            if not os.path.isdir(name_or_dir):
+                # a path (it names a folder) that is not there reads better as such than as an unknown model name
+                looks_like_path = os.sep in name_or_dir or name_or_dir.startswith(".")
+                what = "no such folder" if looks_like_path else "unknown pretrained model"
+                raise ValueError(f"{what} {name_or_dir!r}: expected one of {', '.join(MODEL_SIZES)} or a folder "
+                                 "written by save_pretrained")
+            if not os.path.isfile(os.path.join(name_or_dir, "config.json")):
+                # transformers would build a default GPT-2 and report every weight of another size, then fail
+                raise ValueError(f"{name_or_dir} is not a folder written by save_pretrained: it has no config.json")
         from transformers import GPT2LMHeadModel  # after the checks: a typo should not wait on this import
         # without a network the hub client retries for ~30 s, logging a "Retrying in 8s" and a "... thrown while
         # requesting" line each time: the error line below says it all

@@ -497,6 +497,16 @@ def list_checkpoints(log_dir):
     return sorted((int(m[1]), os.path.join(log_dir, n)) for n in names if (m := CHECKPOINT_NAME.fullmatch(n)))
 
 
+def peek_checkpoint(path):
+    """(config, args) a checkpoint was saved with, read through mmap (not gigabytes of weights); None if they
+    cannot be read (what is wrong with the file, a full load says)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return dict(ckpt["config"]), dict(ckpt.get("args", {}))
+    except Exception:
+        return None
+
+
 def file_digest(path):
     sha = hashlib.sha256()
     with open(path, "rb") as f:
@@ -711,11 +721,10 @@ def check_resume_shape(resume_path, args):
     in silence: the error names the flags to pass."""
     if args.init_from != "scratch":  # the shape comes from --init-from's model: resume() checks it
         return
-    try:  # mmap: the args and config only, not gigabytes of weights; what is wrong with the file, resume() says
-        ckpt = torch.load(resume_path, map_location="cpu", weights_only=True, mmap=True)
-        config, saved = dict(ckpt["config"]), dict(ckpt.get("args", {}))
-    except Exception:
+    peeked = peek_checkpoint(resume_path)
+    if peeked is None:  # what is wrong with the file, resume() says
         return
+    config, saved = peeked
     try:
         ours = asdict(scratch_config(args))
     except ValueError:  # sizes that do not fit together: build_model's error line
