@@ -29,6 +29,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import time
 import zlib
 from collections import Counter, deque
@@ -83,7 +84,12 @@ def worker_pool(processes, start_method=None):
     (CPython issue #96995, still open; it hung our CI's Ctrl-C test about once in a hundred runs).
     Joining instead costs at most the few tasks in flight (tokenize_documents' window).
     """
-    pool = mp.get_context(start_method).Pool(processes, initializer=_init_worker)
+    context = mp.get_context(start_method)
+    if start_method is None and context.get_start_method() == "fork" and threading.active_count() > 1:
+        # fork copies only the calling thread: a lock another thread holds (a Jupyter kernel's, a pytest-xdist
+        # worker's) stays held for ever in the workers, which Python 3.12+ warns of (DeprecationWarning)
+        context = mp.get_context("spawn")
+    pool = context.Pool(processes, initializer=_init_worker)
     try:
         yield pool
     finally:
@@ -873,7 +879,8 @@ def parse_args(argv=None):
     run.add_argument("--num-proc", type=int, default=available_cpus(),
                      help="tokenizer processes (default: all %(default)s cores; the parent only reads and writes)")
     run.add_argument("--start-method", choices=["fork", "spawn", "forkserver"], default=None,
-                     help="multiprocessing start method (default: the platform's)")
+                     help="multiprocessing start method (default: the platform's; spawn for fork where this "
+                          "process already runs other threads, as a Jupyter kernel does)")
     run.add_argument("--quiet", action="store_true",
                      help="no progress bars (ours, nor those of datasets and the hub), nor the hub client's "
                           "warnings as it retries")

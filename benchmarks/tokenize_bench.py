@@ -128,8 +128,10 @@ def run_lecture(corpus, out_dir, shard_size, cache_dir):
 
 def run_fineweb(corpus, out_dir, shard_size, cache_dir):
     with contextlib.redirect_stdout(io.StringIO()):  # its summary lines would interleave with the table
+        # the start method of fineweb.py run alone (fork on Linux), as the lecture's pool uses: here datasets has
+        # left tqdm's monitor thread running, for which worker_pool would spawn
         fineweb.main(["--files", corpus, "--local-dir", out_dir, "--shard-size", str(shard_size),
-                      "--cache-dir", cache_dir, "--quiet"])
+                      "--cache-dir", cache_dir, "--quiet", "--start-method", mp.get_start_method()])
 
 
 def _version(package):

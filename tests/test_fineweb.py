@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -447,7 +449,6 @@ def test_batch_tokenizer_equals_encode_ordinary_even_on_special_tokens_and_lone_
 
 
 def test_reader_stays_a_bounded_number_of_batches_ahead_of_the_writer():
-    import multiprocessing as mp
     pulled = []
 
     def batches():
@@ -455,7 +456,7 @@ def test_reader_stays_a_bounded_number_of_batches_ahead_of_the_writer():
             pulled.append(i)
             yield [f"document {i}"]
 
-    with mp.get_context("fork").Pool(2) as pool:
+    with fineweb.worker_pool(2) as pool:
         for k, (n, tokens) in enumerate(fineweb.tokenize_documents(batches(), pool, window=4)):
             assert n == 1 and tokens[0] == EOT
             assert len(pulled) <= k + 4  # memory is bounded by the window, not by the dataset
@@ -555,6 +556,31 @@ def _sleep_then_touch(seconds, path):
     import time
     time.sleep(seconds)
     open(path, "w").close()
+
+
+def test_a_process_that_runs_other_threads_gets_workers_that_are_not_forked_copies_of_it(monkeypatch):
+    # the notebook's Jupyter kernel and a pytest-xdist worker run threads of their own: a worker forked from such a
+    # process keeps any lock those threads held at that moment, held for ever (Python 3.12+ warns: "This process is
+    # multi-threaded, use of fork() may lead to deadlocks in the child")
+    own = fineweb.TASK_DOCS
+    monkeypatch.setattr(fineweb, "TASK_DOCS", own + 1)  # in this process only: a forked worker would see it too
+    idle = threading.Event()
+    thread = threading.Thread(target=idle.wait)
+    thread.start()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with fineweb.worker_pool(1) as pool:
+                seen = pool.apply(_task_docs)
+    finally:
+        idle.set()
+        thread.join()
+    assert [str(w.message) for w in caught if "fork" in str(w.message)] == []
+    assert seen == own  # a fresh interpreter's fineweb, not a copy of this one
+
+
+def _task_docs():
+    return fineweb.TASK_DOCS
 
 
 @pytest.fixture
