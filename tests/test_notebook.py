@@ -94,7 +94,11 @@ def test_notebook_loads_local_weights_with_the_logits_of_transformers(executed):
 
 @pytest.mark.slow
 def test_notebook_data_loader_shifts_and_ddp_ranks_tile(executed):
-    assert "in 3 shards:" in text_of(executed["shards"])
+    # pydoc_data's topics grow with Python: 139,016 tokens in 3.11, 148,942 in 3.12, 156,228 in 3.13 (4 shards)
+    m = re.search(r"-> ([0-9,]+) tokens in (\d+) shards:", text_of(executed["shards"]))
+    assert m, text_of(executed["shards"])
+    tokens, shards = int(m[1].replace(",", "")), int(m[2])
+    assert shards == -(-tokens // 50_000) >= 3  # 50,000-token shards: the val shard and at least two to train on
     assert "y is x shifted by one token: True" in text_of(executed["loader"])
     assert "at all 500 steps: True" in text_of(executed["ddp-loader"])
 
