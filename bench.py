@@ -556,6 +556,7 @@ def run_in_process(job, timeout, limit="--timeout"):
     finally:  # this run interrupted or terminated: the worker, in its own session, must not outlive it
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()  # reaped, not left a zombie (Python 3.13 warns of one: "subprocess ... is still running")
     try:  # also after a timeout: one killed while profiling wrote its timing before the profile
         with open(job["result_path"]) as f:
             return json.load(f)
