@@ -413,7 +413,9 @@ def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
 @pytest.mark.parametrize("line, why", [
     ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
     (json.dumps(ROOF)[:-1] + ', "x": ' + "9" * 5000 + "}",
-     "Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits"),
+     "Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits"
+     if sys.version_info >= (3, 11) else  # Python 3.10's int words it without "digits"
+     "Exceeds the limit (4300) for integer string conversion: value has 5000 digits"),
 ], ids=["deep nesting", "5000-digit number"])
 def test_json_that_python_cannot_read_is_named_with_its_line(tmp_path, line, why):
     # valid JSON past Python's limits: a RecursionError traceback, or int's ValueError naming no file; a ValueError
