@@ -1,6 +1,7 @@
 """bench.py: the FLOPs formula, the chunked loss against the lecture's, and one quick CPU run end to end."""
 import json
 import os
+import pathlib
 import re
 import signal
 import subprocess
@@ -458,7 +459,7 @@ def test_the_worker_dies_with_bench_py_when_bench_py_is_killed(tmp_path):
             if "timed step 2/2" in line:
                 break
         workers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if alive(pid) and
-                   str(tmp_path) in open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")]
+                   str(tmp_path) in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
         assert len(workers) == 2  # bench.py and its worker
         proc.kill()
         proc.wait()

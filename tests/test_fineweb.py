@@ -4,6 +4,7 @@ import gzip
 import json
 import multiprocessing
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -80,7 +81,7 @@ def run_cli(args, tmp_path, env=None):
 
 
 def file_bytes(folder):
-    return {os.path.basename(p): open(p, "rb").read() for p in shard_files(folder)}
+    return {os.path.basename(p): pathlib.Path(p).read_bytes() for p in shard_files(folder)}
 
 
 @pytest.fixture(scope="module")
@@ -706,7 +707,7 @@ def test_reruns_after_sigkills_at_five_random_moments_match_an_uninterrupted_run
         kept = shard_files(out)
         print(f"kill {kills}: {before} -> {len(kept)} shards (target {target})")
         for path in kept:  # whatever was there at the kill is whole and final
-            assert open(path, "rb").read() == want[os.path.basename(path)]
+            assert pathlib.Path(path).read_bytes() == want[os.path.basename(path)]
         assert not json.load(open(out / "manifest.json"))["complete"]
     assert kills == 5 and 0 < len(shard_files(out)) < len(want)
     r = subprocess.run(args, capture_output=True, text=True, timeout=120)
