@@ -1,6 +1,7 @@
 """The README's quick start: the demo trains and its loss falls; the plot script draws a real log."""
 import hashlib
 import os
+import pathlib
 import re
 import shlex
 import subprocess
@@ -19,7 +20,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def quick_start():
     """The two commands of README's first code block (comments and blank lines skipped)."""
-    text = open(os.path.join(ROOT, "README.md")).read()
+    text = pathlib.Path(ROOT, "README.md").read_text()
     block = re.search(r"```[a-z]*\n(.*?)```", text, re.S).group(1)
     return [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
@@ -28,7 +29,7 @@ def test_readme_quick_start_is_two_commands_and_ci_runs_the_second():
     demo, tests = quick_start()
     assert "demo.py" in demo and "requirements.txt" in demo
     assert "pytest" in tests and "requirements-dev.txt" in tests
-    ci = open(os.path.join(ROOT, ".ci", "run")).read()
+    ci = pathlib.Path(ROOT, ".ci", "run").read_text()
     assert tests in ci.splitlines()
 
 
@@ -225,7 +226,7 @@ def test_the_pydoc_corpus_is_written_once_so_a_rerun_reuses_its_shards(tmp_path)
     assert demo.pydoc_corpus(path) == path
     os.utime(path, ns=(1, 1))
     demo.pydoc_corpus(path)
-    assert os.stat(path).st_mtime_ns == 1 and len(open(path).read().splitlines()) > 50
+    assert os.stat(path).st_mtime_ns == 1 and len(pathlib.Path(path).read_text().splitlines()) > 50
 
 
 def test_plot_script_without_an_extension_prints_the_png_it_wrote(tmp_path):

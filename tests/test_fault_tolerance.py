@@ -21,7 +21,7 @@ import train_gpt2
 from gpt2_modules import load_checkpoint
 from test_train_gpt2 import (ROOT, SCRIPT, TIMEOUT, assert_one_error_line, data_root, env_for_runs,  # noqa: F401
                              free_port, log_lines, logged, run_main_in_process, run_ok, run_script, step_fields, tiny,
-                             without_cuda_build_warning)
+                             without_torchs_own_warnings)
 
 # 16 steps: validation at 0, 5, 10 and 15 (20 micro-batches, ~0.5 s: long enough to be killed inside),
 # samples at 15 only, a checkpoint after every 2nd step of which the 2 newest are kept (the default)
@@ -298,7 +298,7 @@ def test_a_token_id_beyond_the_vocabulary_mid_run_is_an_error_line_naming_the_sh
     assert result.stdout.splitlines()[-1] == (
         f"saved {log_dir / 'model_00005.pt'}: the state before the failed step 5; fix the cause (the error line), "
         "then continue with --resume auto")
-    assert without_cuda_build_warning(result.stderr).splitlines() == [
+    assert without_torchs_own_warnings(result.stderr).splitlines() == [
         f"error: {shard} holds token id 60000 (its token 100), out of range for the model's vocab_size 50,304: the "
         "shards come from another tokenizer than GPT-2's, or the vocab_size is below its 50,257 tokens"], \
         result.stderr[-3000:]

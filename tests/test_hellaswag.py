@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import json
 import os
+import pathlib
 import re
 import socket
 import subprocess
@@ -370,7 +371,7 @@ def test_download_writes_the_file_once_and_reuses_it(tmp_path):
     server = Server(body)
     try:
         path = hellaswag.download("val", folder=str(tmp_path), url=server.url, progress=False)
-        assert path == str(tmp_path / "hellaswag_val.jsonl") and open(path, "rb").read() == body
+        assert path == str(tmp_path / "hellaswag_val.jsonl") and pathlib.Path(path).read_bytes() == body
         assert hellaswag.download("val", folder=str(tmp_path), url=server.url, progress=False) == path
         assert server.requests == 1 and os.listdir(tmp_path) == ["hellaswag_val.jsonl"]
         with pytest.raises(ValueError, match="sha256"):  # a mirror that serves other bytes is not kept
