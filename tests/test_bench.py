@@ -453,23 +453,22 @@ def test_the_worker_dies_with_bench_py_when_bench_py_is_killed(tmp_path):
     # leave it running: a test's timeout once left two workers profiling for half an hour
     cmd = [sys.executable, os.path.join(ROOT, "bench.py"), *TINY, "--configs", "baseline", "--profile",
            str(tmp_path / "trace.json"), "--profile-steps", "1000000", "--results", str(tmp_path / "r.jsonl")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        for line in proc.stdout:  # the worker prints here: wait until it is profiling
-            if "timed step 2/2" in line:
-                break
-        workers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if alive(pid) and
-                   str(tmp_path) in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
-        assert len(workers) == 2  # bench.py and its worker
-        proc.kill()
-        proc.wait()
-        deadline = time.time() + 30
-        while any(alive(pid) for pid in workers) and time.time() < deadline:
-            time.sleep(0.2)
-        assert not any(alive(pid) for pid in workers)
-    finally:
-        proc.kill()
-        proc.wait()
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        try:  # leaving the with block closes the pipe and waits for bench.py
+            for line in proc.stdout:  # the worker prints here: wait until it is profiling
+                if "timed step 2/2" in line:
+                    break
+            workers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if alive(pid) and
+                       str(tmp_path) in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+            assert len(workers) == 2  # bench.py and its worker
+            proc.kill()
+            proc.wait()
+            deadline = time.time() + 30
+            while any(alive(pid) for pid in workers) and time.time() < deadline:
+                time.sleep(0.2)
+            assert not any(alive(pid) for pid in workers)
+        finally:
+            proc.kill()
 
 
 def alive(pid):
