@@ -647,9 +647,9 @@ def without_torchs_own_warnings(stderr):
 
 
 def test_without_torchs_own_warnings_drops_torchs_lines_and_keeps_ours():
-    # the lines as torch 2.13.0 prints them (a CUDA build without a GPU; Python 3.13.0)
+    # the lines in the form torch 2.13.0 prints them (a CUDA build without a GPU; Python 3.13.0)
     ours = "error: the shards hold token id 60000\n  an indented line of ours\n"
-    stderr = ("W1203 08:41:07.123000 4242 torch/utils/cpp_extension.py:117] No CUDA runtime is found, using "
+    stderr = ("W1203 08:41:07.123000 4242 torch/utils/cpp_extension.py:178] No CUDA runtime is found, using "
               "CUDA_HOME='/usr/local/cuda'\n"
               "/venv/lib/python3.13/site-packages/torch/_dynamo/guards.py:1343: RuntimeWarning: Guards may run slower "
               "on Python 3.13.0. Consider upgrading to Python 3.13.1+.\n"
