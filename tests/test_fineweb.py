@@ -84,6 +84,10 @@ def file_bytes(folder):
     return {os.path.basename(p): pathlib.Path(p).read_bytes() for p in shard_files(folder)}
 
 
+def manifest_of(folder):
+    return json.loads(pathlib.Path(folder, "manifest.json").read_text())
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, enc):
     """One uninterrupted run on the .jsonl input: the bytes every other run must reproduce."""
@@ -422,7 +426,7 @@ def test_sigterm_ends_the_run_with_one_error_line_and_a_rerun_carries_on(tmp_pat
 
 def test_manifest_records_the_source_and_per_shard_counts_that_match_the_files(tmp_path, enc, reference):
     files, out, _ = reference
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = manifest_of(out)
     config = manifest["config"]
     assert config["files"][0]["path"] == os.path.abspath(files[0]) and config["dataset"] is None
     assert (config["text_column"], config["tokenizer"], config["shard_size"]) == ("text", "gpt2", SHARD)
@@ -500,7 +504,7 @@ def test_rerun_after_a_kill_mid_shard_ends_byte_identical_to_an_uninterrupted_ru
     out = tmp_path / "out"
     assert len(shard_files(out)) == crash_after  # only complete shards under real names
     assert os.path.exists(out / (fineweb.shard_name("edufineweb", crash_after) + ".tmp"))
-    assert json.loads((out / "manifest.json").read_text())["complete"] is False
+    assert manifest_of(out)["complete"] is False
 
     r = run_cli(args, tmp_path)
     assert r.returncode == 0, r.stderr
@@ -613,7 +617,7 @@ def test_resume_where_shards_end_exactly_at_document_ends(tmp_path, enc, one_doc
     out = str(tmp_path / "out")
     with pytest.raises(KeyboardInterrupt):
         fineweb.write_shards(interrupted(docs, 7), out, shard_size=SHARD, num_proc=1, progress=False)
-    manifest = json.loads(pathlib.Path(out, "manifest.json").read_text())
+    manifest = manifest_of(out)
     assert [s["resume_at"] for s in manifest["shards"]] == [dict(document=d, token=100) for d in (1, 3, 5)]
     fineweb.write_shards(lambda start: docs[start:], out, shard_size=SHARD, num_proc=1, progress=False)
     np.testing.assert_array_equal(read_shards(out), expected_stream(enc, docs))
@@ -641,7 +645,7 @@ def test_a_rerun_given_a_plain_list_skips_exactly_the_documents_already_written(
     out, uninterrupted = str(tmp_path / "out"), str(tmp_path / "uninterrupted")
     with pytest.raises(KeyboardInterrupt):
         fineweb.write_shards(interrupted(DOCS, 20), out, shard_size=SHARD, num_proc=1, progress=False)
-    start = json.loads(pathlib.Path(out, "manifest.json").read_text())["shards"][-1]["resume_at"]["document"]
+    start = manifest_of(out)["shards"][-1]["resume_at"]["document"]
     assert start >= 2  # the rerun has documents to skip: a real test of the count
     summary = fineweb.write_shards(list(DOCS), out, shard_size=SHARD, num_proc=1, progress=False)
     assert summary["reused_shards"] >= 1
@@ -708,7 +712,7 @@ def test_reruns_after_sigkills_at_five_random_moments_match_an_uninterrupted_run
         print(f"kill {kills}: {before} -> {len(kept)} shards (target {target})")
         for path in kept:  # whatever was there at the kill is whole and final
             assert pathlib.Path(path).read_bytes() == want[os.path.basename(path)]
-        assert not json.loads((out / "manifest.json").read_text())["complete"]
+        assert not manifest_of(out)["complete"]
     assert kills == 5 and 0 < len(shard_files(out)) < len(want)
     r = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

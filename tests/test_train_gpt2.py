@@ -344,7 +344,7 @@ def run_two_nodes(args_of_node, tmp_path):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             out.close()
-    return [proc.returncode for proc, _ in procs], [(tmp_path / f"node{i}.out").read_text() for i in range(len(procs))]
+    return [proc.returncode for proc, _ in procs], [pathlib.Path(out.name).read_text() for _, out in procs]
 
 
 @pytest.mark.slow
